@@ -1,0 +1,29 @@
+"""
+hfendpoint: an OpenAI-compatible HTTP gateway in front of a model worker.
+
+This top-level module is the library a worker imports, compatible with
+both generations of the original one::
+
+    import hfendpoint
+
+    def embed(data, send_chunk):            # v0.2
+        send_chunk({"embeddings": ...})
+
+    hfendpoint.run({"embeddings": embed})
+
+    @hfendpoint.handler("embeddings")       # v0.3
+    async def embed(data):
+        return {"embeddings": ...}
+
+    asyncio.run(hfendpoint.run())
+
+It stays light on purpose: importing it loads only the standard library and
+msgpack, never Twisted, so a worker does not carry the gateway around. The
+gateway itself lives in submodules that are imported on demand.
+"""
+
+from hfendpoint._sdk import Cancelled, WorkerError, handler, run
+
+__version__ = "0.4.0"
+
+__all__ = ["Cancelled", "WorkerError", "__version__", "handler", "run"]

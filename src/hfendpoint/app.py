@@ -1,0 +1,232 @@
+"""
+The HTTP API: one Klein route per endpoint, each handing its request to
+the translator of its API family, with every error rendered in one place
+as an OpenAI error object.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Optional
+
+from klein import Klein
+from twisted.internet.defer import CancelledError
+from twisted.logger import Logger
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from zope.interface.verify import verifyObject
+
+from . import chat, embeddings, images, responses
+from .errors import OpenAIError, not_found
+from .interfaces import IImageStore, IWorkerClient
+from .web import EventStream, parse_form, parse_json_body, send_error, send_json
+
+DEFAULT_MODEL_NAME = "hfendpoint"
+
+
+class GatewayApp:
+    """
+    The OpenAI-compatible routes over one worker client.
+
+    @ivar model_name: the name every response carries, when set by the
+        operator; otherwise the worker's own, or L{DEFAULT_MODEL_NAME}.
+    @ivar is_ready: tells whether the worker can take requests (readiness).
+    """
+
+    app = Klein()
+    _log = Logger()
+
+    def __init__(
+        self,
+        client: IWorkerClient,
+        store: IImageStore,
+        model_name: Optional[str] = None,
+        is_ready: Callable[[], bool] = lambda: True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        verifyObject(IWorkerClient, client)
+        verifyObject(IImageStore, store)
+        self.client = client
+        self.store = store
+        self._model_name = model_name
+        self.is_ready = is_ready
+        self._clock = clock
+
+    def resource(self) -> Any:
+        return self.app.resource()
+
+    @property
+    def model_name(self) -> str:
+        return self._model_name or self.client.info.model or DEFAULT_MODEL_NAME
+
+    def _now(self) -> int:
+        return int(self._clock())
+
+    def _require(self, call: str) -> None:
+        """
+        Fail at once for a call the worker said it does not serve.
+        """
+        if not self.client.info.serves(call):
+            raise OpenAIError(
+                501,
+                f"This endpoint is not available: the worker does not serve '{call}'.",
+                "invalid_request_error",
+                None,
+                "unsupported_endpoint",
+            )
+
+    # Errors
+
+    @app.handle_errors(OpenAIError)
+    def _openai_error(self, request: Any, failure: Any) -> bytes:
+        return send_error(request, failure.value)
+
+    @app.handle_errors(NotFound)
+    def _not_found(self, request: Any, failure: Any) -> bytes:
+        path = request.path.decode("utf-8", "replace")
+        method = request.method.decode("ascii", "replace")
+        return send_error(request, not_found(f"Invalid URL ({method} {path})", code="unknown_url"))
+
+    @app.handle_errors(MethodNotAllowed)
+    def _method_not_allowed(self, request: Any, failure: Any) -> bytes:
+        allowed = ", ".join(failure.value.valid_methods or [])
+        error = OpenAIError(
+            405,
+            f"Method {request.method.decode('ascii', 'replace')} is not allowed here. Allowed: {allowed}.",
+            "invalid_request_error",
+            None,
+            "method_not_allowed",
+            headers={"Allow": allowed} if allowed else None,
+        )
+        return send_error(request, error)
+
+    @app.handle_errors(HTTPException)
+    def _http_error(self, request: Any, failure: Any) -> bytes:
+        e = failure.value
+        return send_error(
+            request, OpenAIError(e.code or 400, e.description or e.name, "invalid_request_error")
+        )
+
+    @app.handle_errors(Exception)
+    def _unexpected(self, request: Any, failure: Any) -> Any:
+        if failure.check(CancelledError):
+            return None
+        self._log.failure("Unexpected error serving {uri}", failure, uri=request.uri)
+        return send_error(
+            request, OpenAIError(500, "The server had an error while processing your request.", "api_error")
+        )
+
+    # Liveness
+
+    @app.route("/", methods=["GET"])
+    def root(self, request: Any) -> bytes:
+        return b""
+
+    @app.route("/health", methods=["GET"])
+    def health(self, request: Any) -> bytes:
+        return b""
+
+    @app.route("/ready", methods=["GET"])
+    def ready(self, request: Any) -> bytes:
+        if self.is_ready():
+            return send_json(request, {"status": "ready"})
+        return send_error(
+            request,
+            OpenAIError(503, "The worker is not ready.", "api_error", None, "worker_unavailable"),
+        )
+
+    # Models
+
+    def _model(self) -> dict:
+        return {"id": self.model_name, "object": "model", "created": 0, "owned_by": "hfendpoint"}
+
+    @app.route("/v1/models", methods=["GET"])
+    def models(self, request: Any) -> bytes:
+        return send_json(request, {"object": "list", "data": [self._model()]})
+
+    @app.route("/v1/models/<path:model>", methods=["GET"])
+    def model(self, request: Any, model: str) -> bytes:
+        if model != self.model_name:
+            raise not_found(f"The model '{model}' does not exist", code="model_not_found")
+        return send_json(request, self._model())
+
+    # Chat and responses
+
+    @app.route("/v1/chat/completions", methods=["POST"])
+    async def chat_completions(self, request: Any) -> Any:
+        data = chat.validate_chat_request(parse_json_body(request))
+        self._require(chat.CALL)
+        completion = chat.ChatCompletion(self.client, data, self.model_name, self._now())
+        if data["stream"]:
+            await completion.stream(EventStream(request))
+            return None
+        return send_json(request, await completion.complete())
+
+    @app.route("/v1/responses", methods=["POST"])
+    async def create_response(self, request: Any) -> Any:
+        body = parse_json_body(request)
+        data = responses.validate_request(body)
+        self._require(chat.CALL)
+        responder = responses.Responder(self.client, body, data, self.model_name, self._now())
+        if data["stream"]:
+            await responder.stream(EventStream(request))
+            return None
+        return send_json(request, await responder.complete())
+
+    # Embeddings
+
+    @app.route("/v1/embeddings", methods=["POST"])
+    async def create_embeddings(self, request: Any) -> Any:
+        wanted = embeddings.validate_request(parse_json_body(request))
+        if wanted["tokens"] is None:
+            self._require("tokenize")
+        self._require("embeddings")
+        return send_json(
+            request, await embeddings.create_embeddings(self.client, wanted, self.model_name)
+        )
+
+    # Images
+
+    def _url_for(self, request: Any) -> Callable[[str], str]:
+        scheme = request.getHeader(b"x-forwarded-proto")
+        host = request.getHeader(b"x-forwarded-host") or request.getHeader(b"host")
+        if not scheme:
+            scheme = b"https" if request.isSecure() else b"http"
+        if not host:
+            address = request.getHost()
+            host = f"{getattr(address, 'host', 'localhost')}:{getattr(address, 'port', '')}".encode()
+        base = scheme.decode("ascii", "replace") + "://" + host.decode("ascii", "replace")
+        return lambda image_id: f"{base}/v1/images/{image_id}"
+
+    @app.route("/v1/images/generations", methods=["POST"])
+    async def images_generations(self, request: Any) -> Any:
+        wanted = images.validate_generation(parse_json_body(request))
+        self._require("images_generations")
+        body = await images.generate(
+            self.client, "images_generations", wanted, self.store, self._url_for(request), self._now()
+        )
+        return send_json(request, body)
+
+    @app.route("/v1/images/edits", methods=["POST"])
+    async def images_edits(self, request: Any) -> Any:
+        wanted = images.validate_edit(parse_form(request))
+        self._require("images_editions")
+        body = await images.generate(
+            self.client, "images_editions", wanted, self.store, self._url_for(request), self._now()
+        )
+        return send_json(request, body)
+
+    @app.route("/v1/images/<image_id>", methods=["GET"])
+    def get_image(self, request: Any, image_id: str) -> bytes:
+        png = self.store.get(image_id)
+        if png is None:
+            raise not_found(f"No image with id '{image_id}'.", code="image_not_found")
+        request.setHeader(b"content-type", b"image/png")
+        request.setHeader(b"cache-control", b"private, max-age=3600")
+        return png
+
+    @app.route("/v1/images/<image_id>", methods=["DELETE"])
+    def delete_image(self, request: Any, image_id: str) -> bytes:
+        if not self.store.delete(image_id):
+            raise not_found(f"No image with id '{image_id}'.", code="image_not_found")
+        request.setResponseCode(204)
+        return b""

@@ -1,0 +1,159 @@
+"""
+The C{hfendpoint} command, with the original's command line:
+
+    hfendpoint [--host 0.0.0.0] [--port 3000] [--max-image-capacity 1G]
+               [--max-body-size 10M] [WORKER_PATH [WORKER_ARGS]...]
+
+It runs in the foreground and logs to stderr. Without C{WORKER_PATH} it
+serves the built-in demo worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Optional, Sequence
+
+from twisted.logger import Logger
+
+from . import __version__
+from .sizes import parse_size
+
+_log = Logger(namespace="hfendpoint")
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hfendpoint",
+        description="Serve a model worker behind OpenAI-compatible HTTP endpoints.",
+        epilog="Without WORKER_PATH, the built-in demo worker is served.",
+    )
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
+    parser.add_argument("--port", type=int, default=3000, help="port to listen on (default: 3000)")
+    parser.add_argument(
+        "--max-image-capacity",
+        type=_size,
+        default=parse_size("1G"),
+        metavar="SIZE",
+        help="memory kept for images served by URL, oldest dropped first (default: 1G)",
+    )
+    parser.add_argument(
+        "--max-body-size",
+        type=_size,
+        default=parse_size("10M"),
+        metavar="SIZE",
+        help="largest request body accepted (default: 10M)",
+    )
+    parser.add_argument("--model-name", help="the model name responses carry (default: the worker's, or 'hfendpoint')")
+    parser.add_argument(
+        "--reply-timeout",
+        type=_positive_float,
+        default=300.0,
+        metavar="SECONDS",
+        help="longest wait for each reply from the worker (default: 300)",
+    )
+    parser.add_argument(
+        "--max-restarts",
+        type=int,
+        default=None,
+        metavar="N",
+        help="give up and exit after N restarts of a failing worker in a row "
+        "(default: restart forever, with a growing delay; 0: exit when the worker exits)",
+    )
+    parser.add_argument("--version", action="version", version=f"hfendpoint {__version__}")
+    parser.add_argument("worker", nargs="?", metavar="WORKER_PATH", help="the worker executable")
+    parser.add_argument("worker_args", nargs=argparse.REMAINDER, metavar="WORKER_ARGS", help="arguments for the worker")
+    return parser
+
+
+def listen_description(host: str, port: int) -> str:
+    return f"tcp:{port}:interface={host.replace(':', chr(92) + ':')}"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        parser.error(f"invalid port {args.port}")
+    from .process import WorkerNotFound, demo_worker_command, resolve_worker
+
+    if args.worker is None:
+        command = demo_worker_command()
+    else:
+        try:
+            command = resolve_worker([args.worker, *args.worker_args])
+        except WorkerNotFound as e:
+            print(f"hfendpoint: error: {e}", file=sys.stderr)
+            return 2
+    return run(args, command)
+
+
+def run(args: argparse.Namespace, command: list[str]) -> int:
+    from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    from .service import GatewayService
+
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    gateway = GatewayService(
+        reactor,
+        command,
+        listen=[listen_description(args.host, args.port)],
+        max_body_size=args.max_body_size,
+        max_image_capacity=args.max_image_capacity,
+        model_name=args.model_name,
+        reply_timeout=args.reply_timeout,
+        max_restarts=args.max_restarts,
+    )
+    outcome = {"code": 0}
+
+    def fatal(message: str) -> None:
+        _log.critical("hfendpoint: {message}", message=message)
+        outcome["code"] = 1
+        if reactor.running:
+            reactor.stop()
+
+    def start() -> None:
+        gateway.startService()
+        gateway.whenListening().addCallbacks(
+            lambda _: _log.info("Listening on http://{host}:{port}", host=args.host, port=args.port),
+            lambda f: fatal(f"cannot listen on {args.host}:{args.port}: {_reason(f)}"),
+        )
+        gateway.whenReady().addCallbacks(
+            lambda _: _log.info("The worker is ready"), lambda f: fatal(str(f.value))
+        )
+        gateway.worker.whenFailed().addCallback(lambda e: fatal(str(e)))
+
+    reactor.addSystemEventTrigger("before", "shutdown", gateway.stopService)
+    reactor.callWhenRunning(start)
+    reactor.run()
+    return outcome["code"]
+
+
+def _reason(failure: Any) -> str:
+    value = failure.value
+    sub = getattr(value, "subFailure", None)
+    if sub is not None:
+        value = sub.value
+    return str(value)
+
+
+def console_script() -> None:
+    sys.exit(main())

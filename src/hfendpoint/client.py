@@ -1,0 +1,244 @@
+"""
+The worker client: request ids, pending calls, replies routed by id,
+timeouts and cancellation.
+
+It outlives any one worker process: the supervisor attaches each new
+worker socket to it, so ids keep increasing for the life of the gateway
+and the HTTP side never needs to know that a worker was restarted.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .errors import (
+    OpenAIError,
+    invalid_request,
+    timed_out,
+    worker_failed,
+    worker_gone,
+    worker_unavailable,
+)
+from .interfaces import IWorkerClient
+from .protocol import IMessageReceiver, ProtocolViolation, WorkerProtocol
+
+#: The call names of our protocol extensions (PROTOCOL.md, "Extending it").
+DESCRIBE = "hfendpoint.describe"
+CANCEL = "hfendpoint.cancel"
+PROTOCOL_VERSION = 2
+
+OnReply = Callable[[Any], bool]
+
+
+class WorkerInfo:
+    """
+    What the worker told us of itself.
+
+    @ivar calls: the call names it serves, or C{None} when it did not say
+        (a worker that predates the handshake), in which case every call
+        is tried.
+    @ivar model: its model name, if it gave one.
+    @ivar cancel: whether it understands cancel messages.
+    """
+
+    def __init__(
+        self,
+        calls: Optional[frozenset[str]] = None,
+        model: Optional[str] = None,
+        cancel: bool = False,
+        protocol: int = 1,
+    ) -> None:
+        self.calls = calls
+        self.model = model
+        self.cancel = cancel
+        self.protocol = protocol
+
+    @classmethod
+    def from_reply(cls, reply: Any) -> "WorkerInfo":
+        """
+        Read a handshake reply leniently: a worker may leave out anything.
+        """
+        if not isinstance(reply, dict):
+            return cls()
+        calls = reply.get("calls")
+        model = reply.get("model")
+        return cls(
+            calls=frozenset(c for c in calls if isinstance(c, str))
+            if isinstance(calls, (list, tuple))
+            else None,
+            model=model if isinstance(model, str) and model else None,
+            cancel=reply.get("cancel") is True,
+            protocol=reply.get("protocol") if isinstance(reply.get("protocol"), int) else 1,
+        )
+
+    def serves(self, name: str) -> bool:
+        return self.calls is None or name in self.calls
+
+
+class _Pending:
+    __slots__ = ("ident", "on_reply", "deferred", "timer", "protocol")
+
+    def __init__(
+        self,
+        ident: int,
+        on_reply: OnReply,
+        deferred: Deferred,
+        timer: IDelayedCall,
+        protocol: WorkerProtocol,
+    ) -> None:
+        self.protocol = protocol
+        self.ident = ident
+        self.on_reply = on_reply
+        self.deferred = deferred
+        self.timer = timer
+
+
+@implementer(IWorkerClient, IMessageReceiver)
+class WorkerClient:
+    """
+    @ivar reply_timeout: seconds allowed between a request and its first
+        reply, and between two replies; past it the call fails with a 504
+        and the worker is told to stop it.
+    """
+
+    _log = Logger()
+
+    def __init__(self, reactor: IReactorTime, reply_timeout: float = 300.0) -> None:
+        self._reactor = reactor
+        self.reply_timeout = reply_timeout
+        self._pending: dict[int, _Pending] = {}
+        self._next_id = 1
+        self._protocol: Optional[WorkerProtocol] = None
+        self.info = WorkerInfo()
+
+    # IMessageReceiver
+
+    def connected(self, protocol: WorkerProtocol) -> None:
+        self._protocol = protocol
+        self.info = WorkerInfo()
+
+    def disconnected(self, protocol: WorkerProtocol, reason: Failure) -> None:
+        if self._protocol is protocol:
+            self._protocol = None
+        if reason.check(ProtocolViolation):
+            error = worker_gone(f"The worker broke the protocol: {reason.value}")
+        else:
+            error = worker_gone("The worker exited while handling this request.")
+        lost = [call for call in self._pending.values() if call.protocol is protocol]
+        for call in lost:
+            self._finish(call)
+            self._fail(call, error)
+
+    def message_received(self, message: dict) -> None:
+        call = self._pending.get(message["id"])
+        if call is None:
+            self._log.warn(
+                "Dropping a reply for id {id}, which no request waits for",
+                id=message["id"],
+            )
+            return
+        if "error" in message:
+            self._finish(call)
+            self._fail(call, worker_failed(str(message["error"])))
+        elif "data" in message:
+            self._deliver(call, message["data"])
+        else:
+            self._abandon(call, worker_gone("The worker sent a reply with neither data nor error."))
+
+    # IWorkerClient
+
+    @property
+    def connected_to_worker(self) -> bool:
+        return self._protocol is not None
+
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    def request(self, name: str, data: Any, on_reply: OnReply) -> Deferred:
+        protocol = self._protocol
+        if protocol is None:
+            return fail(worker_unavailable("The worker is not running."))
+        ident = self._next_id
+        self._next_id += 1
+        deferred: Deferred = Deferred(lambda d: self._cancelled(ident))
+        timer = self._reactor.callLater(self.reply_timeout, self._expired, ident)
+        call = _Pending(ident, on_reply, deferred, timer, protocol)
+        self._pending[ident] = call
+        try:
+            protocol.send({"id": ident, "name": name, "data": data})
+        except (TypeError, ValueError, OverflowError) as e:
+            self._finish(call)
+            self._fail(call, invalid_request(f"The request cannot be sent to the worker: {e}"))
+        return deferred
+
+    def call(self, name: str, data: Any) -> Deferred:
+        box: list[Any] = []
+
+        def on_reply(reply: Any) -> bool:
+            box.append(reply)
+            return True
+
+        return self.request(name, data, on_reply).addCallback(lambda _: box[0])
+
+    # Internals
+
+    def _deliver(self, call: _Pending, data: Any) -> None:
+        try:
+            done = call.on_reply(data)
+        except OpenAIError as e:
+            self._abandon(call, e)
+            return
+        except Exception:
+            self._log.failure("A reply from the worker could not be used")
+            self._abandon(call, worker_failed("The worker sent a reply the gateway cannot use."))
+            return
+        if done:
+            self._finish(call)
+            call.deferred.callback(None)
+        elif call.ident in self._pending:
+            call.timer.reset(self.reply_timeout)
+
+    def _expired(self, ident: int) -> None:
+        call = self._pending.get(ident)
+        if call is not None:
+            self._abandon(
+                call,
+                timed_out(f"The worker did not reply within {self.reply_timeout:g} seconds."),
+            )
+
+    def _abandon(self, call: _Pending, error: OpenAIError) -> None:
+        """
+        Give up on a call the worker may still be working on.
+        """
+        self._finish(call)
+        self._tell_worker_to_stop(call.ident)
+        self._fail(call, error)
+
+    def _cancelled(self, ident: int) -> None:
+        call = self._pending.get(ident)
+        if call is not None:
+            self._finish(call)
+            self._tell_worker_to_stop(ident)
+
+    def _finish(self, call: _Pending) -> None:
+        self._pending.pop(call.ident, None)
+        if call.timer.active():
+            call.timer.cancel()
+
+    def _fail(self, call: _Pending, error: OpenAIError) -> None:
+        if not call.deferred.called:
+            call.deferred.errback(Failure(error))
+
+    def _tell_worker_to_stop(self, ident: int) -> None:
+        protocol = self._protocol
+        if protocol is None or not self.info.cancel:
+            return
+        cancel_id = self._next_id
+        self._next_id += 1
+        protocol.send({"id": cancel_id, "name": CANCEL, "data": {"id": ident}})

@@ -1,0 +1,341 @@
+"""
+The demo worker: what the gateway runs when it is given no worker.
+
+It answers every call of the protocol without a model, so that the gateway
+can be tried, tested and benchmarked with nothing installed but hfendpoint
+itself. Every answer is deterministic (the same request gets the same
+bytes), which is what tests want, and cheap, so that a benchmark measures
+the gateway rather than the worker:
+
+  - C{chat_completions} says C{"Hello! You said: ..."}, one token at a time;
+  - C{tokenize} cuts words and punctuation and hashes each piece to an id;
+  - C{embeddings} sums a pseudo-random vector per token and normalises it;
+  - C{images_generations} and C{images_editions} paint gradients as PNGs.
+
+It is written on the worker library like any other worker (v0.3 style), and
+doubles as an example of one. Run it as C{python -m hfendpoint.demo};
+C{HFENDPOINT_DEMO_DIM} sets the embedding dimension (384 by default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import operator
+import os
+import random
+import re
+import struct
+import zlib
+from collections.abc import AsyncIterator, Sequence
+from functools import lru_cache
+from typing import Any, Optional
+
+import hfendpoint
+from hfendpoint import WorkerError
+
+MODEL = "hfendpoint-demo"
+DEFAULT_DIMENSION = 384
+FIRST_TOKEN_ID = 1000
+VOCABULARY_SIZE = 50000
+MAX_SIDE = 4096
+MAX_IMAGES = 10
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+# A token is a word or a single punctuation sign; a streamed chunk is the
+# same token with the spaces before it, so that chunks concatenate back to
+# the reply and count exactly as the tokenizer counts.
+TOKEN = re.compile(r"\w+|[^\w\s]")
+CHUNK = re.compile(r"\s*(?:\w+|[^\w\s])")
+
+
+def token_id(piece: str) -> int:
+    """
+    A stable id for a piece of text: a hash, since the demo has no
+    vocabulary to look it up in.
+    """
+    return zlib.crc32(piece.encode("utf-8")) % VOCABULARY_SIZE + FIRST_TOKEN_ID
+
+
+def tokenize_text(text: str) -> list[int]:
+    return [token_id(piece) for piece in TOKEN.findall(text)]
+
+
+@hfendpoint.handler("tokenize")
+def tokenize(data: dict[str, Any]) -> dict[str, Any]:
+    texts = data.get("input")
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise WorkerError("input must be a list of strings")
+    return {"tokens": [tokenize_text(text) for text in texts]}
+
+
+def dimension() -> int:
+    """
+    The embedding size, read at each call so that a test can change it
+    without restarting anything.
+    """
+    value = os.environ.get("HFENDPOINT_DEMO_DIM", "")
+    if not value:
+        return DEFAULT_DIMENSION
+    try:
+        size = int(value)
+    except ValueError:
+        size = 0
+    if size <= 0:
+        raise WorkerError(f"HFENDPOINT_DEMO_DIM must be a positive integer, not {value!r}")
+    return size
+
+
+@lru_cache(maxsize=16384)
+def token_vector(token: int, size: int) -> tuple[float, ...]:
+    """
+    A pseudo-random direction per token: seeded by the token alone, so it
+    is the same in every run and on every machine.
+    """
+    generator = random.Random(token)
+    return tuple(generator.uniform(-1.0, 1.0) for _ in range(size))
+
+
+def embed(tokens: Sequence[int], size: int) -> list[float]:
+    """
+    A bag-of-tokens embedding: texts sharing tokens point in similar
+    directions, which is enough for a similarity demo to look sensible.
+    """
+    total = [0.0] * size
+    for token in tokens:
+        total = list(map(operator.add, total, token_vector(token, size)))
+    norm = math.sqrt(sum(value * value for value in total))
+    if norm == 0.0:
+        return total
+    return [value / norm for value in total]
+
+
+@hfendpoint.handler("embeddings")
+def embeddings(data: dict[str, Any]) -> dict[str, Any]:
+    inputs = data.get("input")
+    if not isinstance(inputs, list):
+        raise WorkerError("input must be a list of token lists")
+    size = dimension()
+    vectors = []
+    for index, tokens in enumerate(inputs):
+        if not isinstance(tokens, list) or not all(
+            isinstance(t, int) and not isinstance(t, bool) for t in tokens
+        ):
+            raise WorkerError(f"input {index} must be a list of token ids")
+        if not tokens:
+            raise WorkerError(f"input {index} is empty")
+        vectors.append(embed(tokens, size))
+    return {"embeddings": vectors}
+
+
+def message_text(message: Any) -> str:
+    """
+    The text of a chat message, whose content may be a string or a list of
+    parts of which only the text ones mean anything to the demo.
+    """
+    if not isinstance(message, dict):
+        raise WorkerError("each message must be a map")
+    content = message.get("content")
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict)
+            and part.get("type") == "text"
+            and isinstance(part.get("text"), str)
+        )
+    raise WorkerError("message content must be a string or a list of parts")
+
+
+def compose_reply(said: str) -> str:
+    said = " ".join(said.split())
+    if not said:
+        return "Hello! You said nothing."
+    return f"Hello! You said: {said}"
+
+
+def token_limit(data: dict[str, Any]) -> Optional[int]:
+    """
+    The most tokens the client will take; the newer OpenAI name wins.
+    """
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = data.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise WorkerError(f"{key} must be a non-negative integer")
+        return value
+    return None
+
+
+@hfendpoint.handler("chat_completions")
+async def chat_completions(data: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    messages = data.get("messages")
+    if not isinstance(messages, list):
+        raise WorkerError("messages must be a list")
+    texts = [message_text(message) for message in messages]
+    said = next(
+        (
+            text
+            for message, text in zip(reversed(messages), reversed(texts))
+            if message.get("role") == "user"
+        ),
+        "",
+    )
+    chunks = CHUNK.findall(compose_reply(said))
+    finish_reason = "stop"
+    limit = token_limit(data)
+    if limit is not None and len(chunks) > limit:
+        chunks = chunks[:limit]
+        finish_reason = "length"
+    for chunk in chunks:
+        yield {"content": chunk, "finish_reason": None}
+    prompt_tokens = sum(len(tokenize_text(text)) for text in texts)
+    yield {
+        "content": "",
+        "finish_reason": finish_reason,
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(chunks),
+            "total_tokens": prompt_tokens + len(chunks),
+        },
+    }
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return (
+        struct.pack(">I", len(body))
+        + kind
+        + body
+        + struct.pack(">I", zlib.crc32(kind + body))
+    )
+
+
+def encode_png(width: int, height: int, scanlines: bytes) -> bytes:
+    """
+    A PNG of 8-bit RGB C{scanlines}, each already prefixed by its filter
+    byte: the few lines of the format the demo needs, rather than a
+    dependency on an imaging library.
+    """
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        PNG_SIGNATURE
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", zlib.compress(scanlines, 6))
+        + png_chunk(b"IEND", b"")
+    )
+
+
+Colour = tuple[int, int, int]
+
+
+def palette(seed: bytes) -> tuple[Colour, Colour]:
+    """
+    Two colours drawn from C{seed}: the prompt picks the picture.
+    """
+    first = zlib.crc32(seed)
+    second = zlib.crc32(seed, first)
+    return (
+        (first & 255, (first >> 8) & 255, (first >> 16) & 255),
+        (second & 255, (second >> 8) & 255, (second >> 16) & 255),
+    )
+
+
+def blend(start: Colour, end: Colour, step: int, steps: int) -> bytes:
+    if steps <= 1:
+        return bytes(start)
+    return bytes(a + (b - a) * step // (steps - 1) for a, b in zip(start, end))
+
+
+def vertical_gradient(width: int, height: int, colours: tuple[Colour, Colour]) -> bytes:
+    """
+    One colour per row, so that each row is a single bytes multiplication:
+    a 1024x1024 image costs milliseconds.
+    """
+    start, end = colours
+    return encode_png(
+        width,
+        height,
+        b"".join(b"\x00" + blend(start, end, y, height) * width for y in range(height)),
+    )
+
+
+def horizontal_gradient(
+    width: int, height: int, colours: tuple[Colour, Colour]
+) -> bytes:
+    """
+    One colour per column: a single row, repeated.
+    """
+    start, end = colours
+    row = b"\x00" + b"".join(blend(start, end, x, width) for x in range(width))
+    return encode_png(width, height, row * height)
+
+
+def image_request(data: dict[str, Any]) -> tuple[str, int, int, int]:
+    """
+    @return: the prompt, the count and the size of an image request.
+    """
+    prompt = data.get("prompt", "")
+    if not isinstance(prompt, str):
+        raise WorkerError("prompt must be a string")
+    count = data.get("n", 1)
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_IMAGES:
+        raise WorkerError(f"n must be an integer from 1 to {MAX_IMAGES}")
+    sizes = []
+    for key in ("width", "height"):
+        value = data.get(key, 1024)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SIDE:
+            raise WorkerError(f"{key} must be an integer from 1 to {MAX_SIDE}")
+        sizes.append(value)
+    return prompt, count, sizes[0], sizes[1]
+
+
+def image_seed(prompt: str, index: int, *extra: bytes) -> bytes:
+    return b"\x00".join([str(index).encode(), prompt.encode("utf-8"), *extra])
+
+
+@hfendpoint.handler("images_generations")
+async def images_generations(data: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    prompt, count, width, height = image_request(data)
+    for index in range(count):
+        colours = palette(image_seed(prompt, index))
+        png = await asyncio.to_thread(vertical_gradient, width, height, colours)
+        yield {"png": png}
+
+
+def require_png(data: dict[str, Any], key: str, required: bool) -> bytes:
+    value = data.get(key)
+    if value is None and not required:
+        return b""
+    if not isinstance(value, bytes) or not value.startswith(PNG_SIGNATURE):
+        raise WorkerError(f"{key} must be a PNG")
+    return value
+
+
+@hfendpoint.handler("images_editions")
+async def images_editions(data: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    prompt, count, width, height = image_request(data)
+    image = require_png(data, "image", required=True)
+    mask = require_png(data, "mask", required=False)
+    # The input picks the tint too, so that editing another image shows.
+    source = zlib.crc32(mask, zlib.crc32(image)).to_bytes(4, "big")
+    for index in range(count):
+        colours = palette(image_seed(prompt, index, source))
+        png = await asyncio.to_thread(horizontal_gradient, width, height, colours)
+        yield {"png": png}
+
+
+def main() -> None:
+    logging.basicConfig(format="%(name)s %(levelname)s: %(message)s", level=logging.INFO)
+    model = os.environ.get("HFENDPOINT_MODEL_NAME") or MODEL
+    logging.getLogger("hfendpoint.demo").info("Demo worker serving model %s", model)
+    asyncio.run(hfendpoint.run(model=model))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""
+Embeddings: text is tokenized by the worker, token ids are embedded, and
+the vectors go back as JSON floats or as base64 of little-endian float32
+(what the official client asks for by default).
+
+A worker may send each vector as a list of floats or, to skip the float
+round trip, as C{bin} holding little-endian float32 (PROTOCOL.md,
+extensions).
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import struct
+import sys
+from array import array
+from typing import Any, Optional
+
+from . import fields
+from .errors import invalid_request, worker_failed
+from .interfaces import IWorkerClient
+from .usage import make_usage
+
+MAX_INPUTS = 2048
+MAX_TOKEN_ID = 2**32 - 1
+
+
+def parse_input(value: Any) -> tuple[Optional[list[str]], Optional[list[list[int]]]]:
+    """
+    Sort C{input} into texts or token lists, rejecting what the API rejects.
+
+    @return: C{(texts, None)} or C{(None, token_lists)}.
+    """
+    if value is None:
+        raise fields.missing("input")
+    if isinstance(value, str):
+        value = [value]
+    elif isinstance(value, list) and value and all(fields.is_int(v) for v in value):
+        value = [value]
+    if not isinstance(value, list):
+        raise fields.wrong_type("input", "a string or an array", value)
+    if not value:
+        raise invalid_request("'input' cannot be an empty array.", param="input", code="invalid_value")
+    if len(value) > MAX_INPUTS:
+        raise invalid_request(
+            f"'input' has {len(value)} items; at most {MAX_INPUTS} are allowed.",
+            param="input",
+            code="invalid_value",
+        )
+    if all(isinstance(v, str) for v in value):
+        for i, text in enumerate(value):
+            if not text:
+                raise _empty_item(i)
+        return value, None
+    if all(isinstance(v, list) for v in value):
+        for i, tokens in enumerate(value):
+            if not tokens:
+                raise _empty_item(i)
+            for token in tokens:
+                if not fields.is_int(token) or not 0 <= token <= MAX_TOKEN_ID:
+                    raise invalid_request(
+                        f"Invalid 'input[{i}]': token ids must be integers from 0 to {MAX_TOKEN_ID}.",
+                        param=f"input[{i}]",
+                        code="invalid_value",
+                    )
+        return None, value
+    raise invalid_request(
+        "'input' must be a string, an array of strings, an array of token ids, "
+        "or an array of arrays of token ids.",
+        param="input",
+        code="invalid_type",
+    )
+
+
+def _empty_item(index: int) -> Exception:
+    return invalid_request(
+        f"Invalid 'input[{index}]': empty input. Expected a non-empty string or token array.",
+        param=f"input[{index}]",
+        code="invalid_value",
+    )
+
+
+def validate_request(body: dict) -> dict:
+    fields.get_string(body, "model")
+    fields.get_string(body, "user")
+    encoding = fields.get_enum(body, "encoding_format", ("float", "base64"), "float")
+    dimensions = fields.get_int(body, "dimensions", minimum=1)
+    texts, tokens = parse_input(body.get("input"))
+    return {"texts": texts, "tokens": tokens, "encoding": encoding, "dimensions": dimensions}
+
+
+async def tokenize(client: IWorkerClient, texts: list[str]) -> list[list[int]]:
+    reply = await client.call("tokenize", {"input": texts})
+    tokens = reply.get("tokens") if isinstance(reply, dict) else None
+    if not isinstance(tokens, list) or len(tokens) != len(texts):
+        raise worker_failed("The worker's tokenize reply does not have one token list per input.")
+    for i, row in enumerate(tokens):
+        if not isinstance(row, list):
+            raise worker_failed(f"The worker could not tokenize input {i}.")
+        if not row:
+            raise _empty_item(i)
+    return tokens
+
+
+def to_floats(vector: Any, index: int) -> array:
+    """
+    One vector as float32, from a list of numbers or from float32 bytes.
+    """
+    if isinstance(vector, (bytes, bytearray)):
+        if len(vector) % 4:
+            raise worker_failed(f"The worker sent embedding {index} as bytes that are not float32.")
+        out = array("f")
+        out.frombytes(vector)
+        if sys.byteorder != "little":
+            out.byteswap()
+        return out
+    if isinstance(vector, list):
+        try:
+            return array("f", vector)
+        except TypeError:
+            pass
+    raise worker_failed(f"The worker could not embed input {index}.")
+
+
+def shorten(vector: array, dimensions: Optional[int]) -> array:
+    """
+    Truncate to C{dimensions} and renormalise, as Matryoshka models are
+    meant to be used.
+    """
+    if dimensions is None or dimensions >= len(vector):
+        return vector
+    cut = vector[:dimensions]
+    norm = math.sqrt(sum(x * x for x in cut))
+    if norm > 0:
+        cut = array("f", (x / norm for x in cut))
+    return cut
+
+
+def encode(vector: array, encoding: str) -> Any:
+    if encoding == "base64":
+        if sys.byteorder != "little":
+            vector = array("f", vector)
+            vector.byteswap()
+        return base64.b64encode(vector.tobytes()).decode("ascii")
+    return vector.tolist()
+
+
+async def create_embeddings(client: IWorkerClient, request: dict, model: str) -> dict:
+    tokens = request["tokens"]
+    if tokens is None:
+        tokens = await tokenize(client, request["texts"])
+    reply = await client.call("embeddings", {"input": tokens})
+    vectors = reply.get("embeddings") if isinstance(reply, dict) else None
+    if not isinstance(vectors, list) or len(vectors) != len(tokens):
+        raise worker_failed("The worker's embeddings reply does not have one vector per input.")
+    data = []
+    for i, raw in enumerate(vectors):
+        vector = shorten(to_floats(raw, i), request["dimensions"])
+        data.append({"object": "embedding", "index": i, "embedding": encode(vector, request["encoding"])})
+    count = sum(len(t) for t in tokens)
+    usage = make_usage(count, 0)
+    del usage["completion_tokens"]
+    return {"object": "list", "data": data, "model": model, "usage": usage}

@@ -1,0 +1,50 @@
+"""
+The in-memory store behind C{response_format=url}.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import OrderedDict
+from typing import Optional
+
+from zope.interface import implementer
+
+from .interfaces import IImageStore
+
+
+@implementer(IImageStore)
+class MemoryImageStore:
+    """
+    Keeps images up to C{capacity} bytes in all, dropping the oldest first.
+
+    Ids carry 192 random bits: a URL is the only credential for its image
+    (the original's C{<request>-<index>} ids let anyone read anyone's).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.size = 0
+        self._images: OrderedDict[str, bytes] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def add(self, png: bytes) -> str:
+        image_id = "img-" + secrets.token_urlsafe(24)
+        self._images[image_id] = png
+        self.size += len(png)
+        while self.size > self.capacity and self._images:
+            _, dropped = self._images.popitem(last=False)
+            self.size -= len(dropped)
+        return image_id
+
+    def get(self, image_id: str) -> Optional[bytes]:
+        return self._images.get(image_id)
+
+    def delete(self, image_id: str) -> bool:
+        png = self._images.pop(image_id, None)
+        if png is None:
+            return False
+        self.size -= len(png)
+        return True

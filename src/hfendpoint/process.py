@@ -1,0 +1,224 @@
+"""
+Launching one worker process: the socket pair, the spawn, and its stderr.
+
+The launch follows the original gateway exactly (PROTOCOL.md, "Launch"),
+so a worker written for it sees the same world: C{HFENDPOINT_FD} naming
+an inherited UNIX stream socket with 1 MiB buffers, the whole environment,
+stdin from /dev/null, stdout shared with the gateway, stderr read by the
+gateway line by line, and a process group of its own (so a Ctrl-C in the
+gateway's terminal reaches the gateway alone, which then stops the worker
+in order, and so a stop reaches the worker's own children too).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import sys
+from typing import Any, Optional, Sequence
+
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.error import ProcessDone, ProcessExitedAlready
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .protocol import DEFAULT_MAX_MESSAGE_SIZE, WorkerProtocolFactory
+
+SOCKET_BUFFER_SIZE = 1024 * 1024
+WORKER_FD = 3
+MAX_STDERR_LINE = 64 * 1024
+
+# Python offers no pre-exec hook through spawnProcess, so a two-line
+# trampoline puts the worker in its own process group before exec'ing it.
+_TRAMPOLINE = "import os,sys;os.setpgid(0,0);os.execvp(sys.argv[1],sys.argv[1:])"
+
+
+class WorkerNotFound(Exception):
+    """
+    The worker command names nothing we can execute.
+    """
+
+
+def demo_worker_command() -> list[str]:
+    """
+    The built-in demo worker, served when no worker is given.
+    """
+    return [sys.executable, "-m", "hfendpoint.demo"]
+
+
+def resolve_worker(argv: Sequence[str]) -> list[str]:
+    """
+    Check the worker command before the gateway starts, so a typo is a
+    clear error rather than a worker that dies at once.
+
+    @raise WorkerNotFound: with a sentence saying what is wrong.
+    """
+    if not argv:
+        raise WorkerNotFound("no worker command was given")
+    path = argv[0]
+    found = shutil.which(path)
+    if found is None:
+        if os.sep in path and os.path.exists(path):
+            if os.path.isdir(path):
+                raise WorkerNotFound(f"worker path {path!r} is a directory")
+            raise WorkerNotFound(f"worker path {path!r} is not executable")
+        raise WorkerNotFound(f"worker path {path!r} does not exist")
+    return [path, *argv[1:]]
+
+
+class WorkerProcessProtocol(ProcessProtocol):
+    """
+    Logs the worker's stderr line by line and reports its end.
+
+    @ivar how_it_ended: how the process ended, in words, once it has.
+    """
+
+    _log = Logger(namespace="hfendpoint.worker")
+
+    def __init__(self) -> None:
+        self.how_it_ended: Optional[str] = None
+        self._waiters: list[Deferred] = []
+        self._partial = b""
+
+    def when_ended(self) -> Deferred:
+        """
+        @return: a new Deferred firing with L{how_it_ended} once the
+            process is gone.
+        """
+        if self.how_it_ended is not None:
+            return succeed(self.how_it_ended)
+        d: Deferred = Deferred()
+        self._waiters.append(d)
+        return d
+
+    def errReceived(self, data: bytes) -> None:
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        if len(self._partial) > MAX_STDERR_LINE:
+            lines.append(self._partial)
+            self._partial = b""
+        for line in lines:
+            self._log_line(line)
+
+    def _log_line(self, line: bytes) -> None:
+        text = line.rstrip(b"\r").decode("utf-8", "replace")
+        if text:
+            self._log.info("worker: {line}", line=text)
+
+    def processEnded(self, reason: Failure) -> None:
+        if self._partial:
+            self._log_line(self._partial)
+            self._partial = b""
+        self.how_it_ended = exit_description(reason)
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(self.how_it_ended)
+
+
+class WorkerProcess:
+    """
+    One running worker: its process and the gateway's end of its socket.
+
+    @ivar pid: the worker's process id (also its process group id).
+    """
+
+    _log = Logger()
+
+    def __init__(self, transport: Any, protocol: WorkerProcessProtocol, connection: Any) -> None:
+        self._transport = transport
+        self.pid: int = transport.pid
+        self._process_protocol = protocol
+        self._connection = connection
+
+    def when_ended(self) -> Deferred:
+        """
+        @return: a new Deferred firing with how the worker ended, in words,
+            once the process is gone and its socket closed.
+        """
+        return gatherResults(
+            [self._process_protocol.when_ended(), self._connection.protocol.when_closed()]
+        ).addCallback(lambda results: results[0])
+
+    def close_socket(self) -> None:
+        """
+        Close our end: a worker reads EOF and should exit by itself.
+        """
+        if self._connection is not None:
+            self._connection.loseConnection()
+
+    def signal(self, name: str) -> None:
+        """
+        Send C{TERM} or C{KILL} to the worker's whole process group.
+        """
+        number = getattr(signal, f"SIG{name}")
+        try:
+            os.killpg(self.pid, number)
+        except (ProcessLookupError, PermissionError):
+            # The group is not there yet (the trampoline has not run) or
+            # is gone already: signal the process itself.
+            try:
+                self._transport.signalProcess(name)
+            except ProcessExitedAlready:
+                pass
+
+
+def exit_description(reason: Failure) -> str:
+    """
+    Say how a worker ended, in words for a log or an error message.
+    """
+    value = reason.value
+    if reason.check(ProcessDone):
+        return "exited with status 0"
+    if getattr(value, "signal", None):
+        try:
+            name = signal.Signals(value.signal).name
+        except ValueError:
+            name = str(value.signal)
+        return f"was killed by {name}"
+    return f"exited with status {getattr(value, 'exitCode', '?')}"
+
+
+def spawn_worker(
+    reactor: Any,
+    argv: Sequence[str],
+    receiver: Any,
+    env: Optional[dict[str, str]] = None,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+) -> WorkerProcess:
+    """
+    Start C{argv} as a worker whose socket replies go to C{receiver}.
+
+    @param env: extra environment variables for the worker, on top of the
+        gateway's own.
+    """
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        for end in (ours, theirs):
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER_SIZE)
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_SIZE)
+        ours.setblocking(False)
+        environment = dict(os.environ)
+        environment.update(env or {})
+        environment["HFENDPOINT_FD"] = str(WORKER_FD)
+        protocol = WorkerProcessProtocol()
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        try:
+            transport = reactor.spawnProcess(
+                protocol,
+                sys.executable,
+                [sys.executable, "-S", "-c", _TRAMPOLINE, *argv],
+                env=environment,
+                childFDs={0: devnull, 1: 1, 2: "r", WORKER_FD: theirs.fileno()},
+            )
+        finally:
+            os.close(devnull)
+        connection = reactor.adoptStreamConnection(
+            ours.fileno(), socket.AF_UNIX, WorkerProtocolFactory(receiver, max_message_size)
+        )
+    finally:
+        theirs.close()
+        ours.close()
+    return WorkerProcess(transport, protocol, connection)

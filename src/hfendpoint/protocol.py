@@ -1,0 +1,144 @@
+"""
+The gateway's end of the worker socket: MessagePack framing.
+
+The wire is a bare concatenation of MessagePack values, so this protocol
+only turns bytes into whole messages and back; what a message means is
+the business of its L{IMessageReceiver} (the worker client).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import Attribute, Interface
+
+DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024 * 1024
+
+
+class ProtocolViolation(Exception):
+    """
+    The worker sent something that is not a valid reply.
+    """
+
+
+class IMessageReceiver(Interface):
+    """
+    What a L{WorkerProtocol} reports to.
+    """
+
+    def connected(protocol: "WorkerProtocol") -> None:
+        """
+        The socket is up and C{protocol.send} may be used.
+        """
+
+    def message_received(message: dict) -> None:
+        """
+        One whole, well-formed reply (a map with an integer C{id}).
+        """
+
+    def disconnected(protocol: "WorkerProtocol", reason: Failure) -> None:
+        """
+        The socket of C{protocol} is gone, either because the worker closed it or
+        because it broke the protocol (C{reason} then wraps a
+        L{ProtocolViolation}).
+        """
+
+
+class WorkerProtocol(Protocol):
+    """
+    Decodes replies with a streaming unpacker: messages may be split
+    anywhere and many may arrive in one read.
+
+    @ivar max_message_size: the largest message accepted from the worker;
+        a larger one is a protocol violation rather than unbounded memory.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self, receiver: Any, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    ) -> None:
+        self._receiver = receiver
+        self.max_message_size = max_message_size
+        self._unpacker = msgpack.Unpacker(
+            raw=False, max_buffer_size=max_message_size, strict_map_key=False
+        )
+        self._violation: Failure | None = None
+        self._closed = False
+        self._close_waiters: list[Deferred] = []
+
+    def connectionMade(self) -> None:
+        self._receiver.connected(self)
+
+    def send(self, message: dict) -> None:
+        """
+        Write one message; the transport buffers it if the worker is slow.
+        """
+        self.transport.write(msgpack.packb(message, use_bin_type=True))
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._violation is not None:
+            return
+        try:
+            self._unpacker.feed(data)
+            for message in self._unpacker:
+                self._dispatch(message)
+        except msgpack.BufferFull:
+            self._violate(
+                f"a message from the worker exceeds {self.max_message_size} bytes"
+            )
+        except (msgpack.UnpackException, ValueError) as e:
+            self._violate(f"the worker sent malformed MessagePack: {e}")
+
+    def _dispatch(self, message: Any) -> None:
+        ident = message.get("id") if isinstance(message, dict) else None
+        if not isinstance(ident, int) or isinstance(ident, bool):
+            self._log.warn(
+                "Dropping a message from the worker that is not a reply: {message!r:.200}",
+                message=message,
+            )
+            return
+        self._receiver.message_received(message)
+
+    def _violate(self, why: str) -> None:
+        self._log.error("Worker protocol violation: {why}; closing the socket", why=why)
+        self._violation = Failure(ProtocolViolation(why))
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._receiver.disconnected(self, self._violation or reason)
+        self._closed = True
+        waiters, self._close_waiters = self._close_waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def when_closed(self) -> Deferred:
+        """
+        @return: a new Deferred firing once the socket is closed.
+        """
+        d: Deferred = Deferred()
+        if self._closed:
+            d.callback(None)
+        else:
+            self._close_waiters.append(d)
+        return d
+
+
+class WorkerProtocolFactory(Factory):
+    """
+    Builds the one protocol for an adopted worker socket.
+    """
+
+    def __init__(
+        self, receiver: Any, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    ) -> None:
+        self._receiver = receiver
+        self._max = max_message_size
+
+    def buildProtocol(self, addr: Any) -> WorkerProtocol:
+        return WorkerProtocol(self._receiver, self._max)

@@ -1,0 +1,253 @@
+"""
+The Responses API on the worker's C{chat_completions} call: C{input} and
+C{instructions} become chat messages, and the chunks become a response
+object or the Responses event sequence.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from . import fields
+from .chat import Choice, new_id, prompt_text, run_choices, usage_for, validate_sampling
+from .errors import OpenAIError, invalid_request
+from .interfaces import IWorkerClient
+
+_TEXT_PARTS = ("input_text", "output_text", "text")
+
+
+def _content_text(content: Any, where: str) -> Any:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise fields.wrong_type(f"{where}.content", "a string or an array", content)
+    parts = []
+    for j, part in enumerate(content):
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise invalid_request(
+                f"Invalid '{where}.content[{j}]': each content part must be an object with a 'type'.",
+                param=f"{where}.content[{j}]",
+            )
+        if part["type"] in _TEXT_PARTS:
+            if not isinstance(part.get("text"), str):
+                raise fields.missing(f"{where}.content[{j}].text")
+            parts.append({"type": "text", "text": part["text"]})
+        else:
+            parts.append(part)
+    if all(p["type"] == "text" for p in parts):
+        return "".join(p["text"] for p in parts)
+    return parts
+
+
+def input_messages(value: Any) -> list[dict]:
+    """
+    C{input} as chat messages: a string is one user message; a list holds
+    messages (C{{"role", "content"}}, with or without C{"type": "message"}).
+    """
+    if value is None:
+        raise fields.missing("input")
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    if not isinstance(value, list):
+        raise fields.wrong_type("input", "a string or an array", value)
+    if not value:
+        raise fields.invalid_value("input", "empty array. Expected an array with minimum length 1.")
+    messages = []
+    for i, item in enumerate(value):
+        where = f"input[{i}]"
+        if not isinstance(item, dict):
+            raise fields.wrong_type(where, "an object", item)
+        kind = item.get("type", "message")
+        if kind != "message":
+            raise invalid_request(
+                f"Invalid '{where}.type': input items of type {kind!r} are not supported; "
+                "use messages.",
+                param=f"{where}.type",
+                code="unsupported_value",
+            )
+        role = item.get("role")
+        if role not in ("user", "assistant", "system", "developer"):
+            raise fields.invalid_value(
+                f"{where}.role",
+                f"value must be one of 'user', 'assistant', 'system', 'developer', but got {role!r} instead.",
+            )
+        if item.get("content") is None:
+            raise fields.missing(f"{where}.content")
+        messages.append({"role": role, "content": _content_text(item["content"], where)})
+    return messages
+
+
+def validate_request(body: dict) -> dict:
+    """
+    @return: the request as the worker's chat call receives it, plus what
+        the response object echoes.
+    """
+    fields.get_string(body, "model")
+    instructions = fields.get_string(body, "instructions")
+    messages = input_messages(body.get("input"))
+    if instructions:
+        messages.insert(0, {"role": "system", "content": instructions})
+    stream = fields.get_bool(body, "stream", False)
+    validate_sampling(body)
+    max_output = fields.get_int(body, "max_output_tokens", minimum=16)
+    if body.get("previous_response_id") is not None:
+        raise invalid_request(
+            "'previous_response_id' is not supported: this server does not store responses.",
+            param="previous_response_id",
+            code="unsupported_parameter",
+        )
+    data = {
+        k: v
+        for k, v in body.items()
+        if k not in ("input", "instructions", "max_output_tokens", "text", "tools", "tool_choice")
+    }
+    data["messages"] = messages
+    data["stream"] = stream
+    if max_output is not None:
+        data["max_tokens"] = max_output
+    return data
+
+
+class Responder:
+    """
+    One Responses API request.
+    """
+
+    def __init__(self, client: IWorkerClient, body: dict, data: dict, model: str, created: int) -> None:
+        self._client = client
+        self._body = body
+        self._data = data
+        self._model = model
+        self._created = created
+        self.id = new_id("resp_")
+        self.item_id = new_id("msg_")
+        self._sequence = 0
+
+    def _response(self, status: str, output: list, usage: Optional[dict] = None, error: Optional[dict] = None, reason: Optional[str] = None) -> dict:
+        body = self._body
+        response: dict[str, Any] = {
+            "id": self.id,
+            "object": "response",
+            "created_at": self._created,
+            "status": status,
+            "error": error,
+            "incomplete_details": {"reason": reason} if reason else None,
+            "instructions": body.get("instructions"),
+            "max_output_tokens": body.get("max_output_tokens"),
+            "model": self._model,
+            "output": output,
+            "parallel_tool_calls": True,
+            "previous_response_id": None,
+            "reasoning": {"effort": None, "summary": None},
+            "store": False,
+            "temperature": body.get("temperature", 1.0),
+            "text": {"format": {"type": "text"}},
+            "tool_choice": "auto",
+            "tools": [],
+            "top_p": body.get("top_p", 1.0),
+            "truncation": "disabled",
+            "usage": usage,
+            "metadata": body.get("metadata") or {},
+        }
+        if isinstance(body.get("user"), str):
+            response["user"] = body["user"]
+        return response
+
+    def _message(self, text: str, status: str) -> dict:
+        return {
+            "id": self.item_id,
+            "type": "message",
+            "status": status,
+            "role": "assistant",
+            "content": [_text_part(text)] if status != "in_progress" else [],
+        }
+
+    async def _usage(self, choice: Choice) -> dict:
+        usage = await usage_for(self._client, [choice], prompt_text(self._data["messages"]))
+        return {
+            "input_tokens": usage["prompt_tokens"],
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+            "output_tokens": usage["completion_tokens"],
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": usage["total_tokens"],
+        }
+
+    async def _final(self, choice: Choice) -> dict:
+        status, reason = _status(choice.finish_reason)
+        item_status = "completed" if status == "completed" else "incomplete"
+        return self._response(
+            status, [self._message(choice.text, item_status)], await self._usage(choice), reason=reason
+        )
+
+    async def complete(self) -> dict:
+        data = dict(self._data, n=1)
+        [choice] = await run_choices(self._client, data, lambda c, ch: None)
+        response = await self._final(choice)
+        response["output_text"] = choice.text
+        return response
+
+    def _send(self, events: Any, kind: str, **payload: Any) -> None:
+        event = {"type": kind, "sequence_number": self._sequence, **payload}
+        self._sequence += 1
+        events.send(event, event=kind)
+
+    async def stream(self, events: Any) -> None:
+        data = dict(self._data, n=1)
+        where = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
+        opened = []
+
+        def open_stream() -> None:
+            opened.append(True)
+            self._send(events, "response.created", response=self._response("in_progress", []))
+            self._send(events, "response.in_progress", response=self._response("in_progress", []))
+            self._send(events, "response.output_item.added", output_index=0, item=self._message("", "in_progress"))
+            self._send(events, "response.content_part.added", part=_text_part(""), **where)
+
+        def on_chunk(choice: Choice, chunk: dict) -> None:
+            if not opened:
+                open_stream()
+            if chunk.get("content"):
+                self._send(events, "response.output_text.delta", delta=chunk["content"], logprobs=[], **where)
+
+        try:
+            [choice] = await run_choices(self._client, data, on_chunk)
+            if not opened:
+                open_stream()
+            final = await self._final(choice)
+        except OpenAIError as error:
+            if not opened:
+                raise
+            self._fail(events, error)
+            return
+        text = choice.text
+        item = final["output"][0]
+        self._send(events, "response.output_text.done", text=text, logprobs=[], **where)
+        self._send(events, "response.content_part.done", part=_text_part(text), **where)
+        self._send(events, "response.output_item.done", output_index=0, item=item)
+        kind = "response.completed" if final["status"] == "completed" else "response.incomplete"
+        self._send(events, kind, response=final)
+        events.done()
+
+    def _fail(self, events: Any, error: OpenAIError) -> None:
+        detail = {"code": "server_error", "message": error.message}
+        self._send(events, "response.failed", response=self._response("failed", [], error=detail))
+        self._send(
+            events,
+            "error",
+            code=error.code,
+            message=error.message,
+            param=error.param,
+            error=error.to_dict()["error"],
+        )
+
+
+def _text_part(text: str) -> dict:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def _status(finish_reason: Optional[str]) -> tuple[str, Optional[str]]:
+    if finish_reason == "length":
+        return "incomplete", "max_output_tokens"
+    if finish_reason == "content_filter":
+        return "incomplete", "content_filter"
+    return "completed", None

@@ -1,0 +1,133 @@
+"""
+The whole gateway as one Twisted service, for twistd, for our command
+line, and for any Twisted application that wants to embed it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import CancelledError, Deferred, gatherResults
+from twisted.internet.endpoints import serverFromString
+
+from .app import GatewayApp
+from .client import WorkerClient
+from .imagestore import MemoryImageStore
+from .process import demo_worker_command
+from .supervisor import WorkerService
+from .web import DEFAULT_MAX_BODY_SIZE, GatewaySite
+
+DEFAULT_IMAGE_CAPACITY = 1024**3
+
+
+class GatewayService(MultiService):
+    """
+    A worker process behind a worker client, and HTTP listeners serving
+    the OpenAI API over it.
+
+    Usage from another application::
+
+        gateway = GatewayService(reactor, ["./worker"], listen=["tcp:3000"])
+        gateway.setServiceParent(application)
+
+    C{stopService} stops listening, closes the worker's socket, lets the
+    worker exit (TERM, then KILL after C{stop_timeout}), and fires only
+    when the worker is gone.
+
+    @ivar worker: the L{WorkerService}.
+    @ivar client: the L{WorkerClient}.
+    @ivar site: the L{GatewaySite} serving the API.
+    @ivar ports: the listening ports once started (for tests that listen
+        on port 0).
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        worker_command: Optional[Sequence[str]] = None,
+        *,
+        listen: Sequence[str] = ("tcp:3000",),
+        max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+        max_image_capacity: int = DEFAULT_IMAGE_CAPACITY,
+        model_name: Optional[str] = None,
+        reply_timeout: float = 300.0,
+        startup_grace: float = 2.0,
+        stop_timeout: float = 10.0,
+        max_restarts: Optional[int] = None,
+        worker_env: Optional[dict[str, str]] = None,
+    ) -> None:
+        super().__init__()
+        self._reactor = reactor
+        self.client = WorkerClient(reactor, reply_timeout=reply_timeout)
+        self.worker = WorkerService(
+            reactor,
+            list(worker_command) if worker_command else demo_worker_command(),
+            self.client,
+            env=worker_env,
+            startup_grace=startup_grace,
+            stop_timeout=stop_timeout,
+            max_restarts=max_restarts,
+        )
+        self.worker.setServiceParent(self)
+        self.store = MemoryImageStore(max_image_capacity)
+        self.api = GatewayApp(
+            self.client, self.store, model_name=model_name, is_ready=lambda: self.worker.ready
+        )
+        self.site = GatewaySite(self.api.resource(), max_body_size=max_body_size)
+        self._listeners = []
+        for description in listen:
+            listener = _RecordingEndpointService(serverFromString(reactor, description), self.site)
+            listener.setServiceParent(self)
+            self._listeners.append(listener)
+
+    @property
+    def ports(self) -> list[Any]:
+        return [listener.port for listener in self._listeners if listener.port is not None]
+
+    def whenListening(self) -> Deferred:
+        """
+        @return: a Deferred firing once every listener listens, or failing
+            if one cannot (a port taken, say).
+        """
+        return gatherResults(
+            [listener.when_listening for listener in self._listeners], consumeErrors=True
+        )
+
+    def whenReady(self) -> Deferred:
+        """
+        @return: a Deferred firing once the worker can take requests.
+        """
+        return self.worker.whenReady()
+
+
+class _RecordingEndpointService(StreamServerEndpointService):
+    """
+    A listener that keeps its port and reports whether listening worked,
+    instead of only logging a failure to listen.
+    """
+
+    port: Any = None
+
+    def __init__(self, endpoint: Any, factory: Any) -> None:
+        super().__init__(endpoint, factory)
+        self.when_listening: Deferred = Deferred()
+
+    def privilegedStartService(self) -> None:
+        Service.privilegedStartService(self)
+        self._waitingForPort = self.endpoint.listen(self.factory)
+        self._waitingForPort.addCallbacks(self._listening, self._failed)
+
+    def _listening(self, port: Any) -> Any:
+        self.port = port
+        if not self.when_listening.called:
+            self.when_listening.callback(port)
+        return port
+
+    def _failed(self, failure: Any) -> None:
+        if failure.check(CancelledError):
+            return None
+        if not self.when_listening.called:
+            self.when_listening.errback(failure)
+        return None

@@ -1,0 +1,279 @@
+"""
+Supervising the worker: start-up, handshake, restarts with a growing
+back-off, and an orderly stop.
+
+Modelled on Twisted's C{ProcessMonitor}: it takes its reactor, sends TERM
+then KILL on a timer, and restarts a worker that died with a delay that
+doubles while the worker keeps dying quickly.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+from .client import DESCRIBE, PROTOCOL_VERSION, WorkerClient, WorkerInfo
+from .process import WorkerProcess, spawn_worker
+
+Spawner = Callable[..., WorkerProcess]
+
+
+class WorkerStartupError(Exception):
+    """
+    The worker could not be started, or gave up: the gateway cannot serve.
+    """
+
+
+class WorkerService(Service):
+    """
+    Keeps one worker process running behind a L{WorkerClient}.
+
+    @ivar state: C{"stopped"}, C{"starting"} (spawned, not yet ready),
+        C{"ready"}, C{"restarting"} (waiting out the back-off), or
+        C{"failed"} (gave up).
+    @ivar restarts: how many times the worker was restarted.
+    @ivar startup_grace: seconds after which a worker that has not
+        answered the handshake (one that predates it) is taken as ready.
+    @ivar stop_timeout: seconds a stopping worker has to exit after its
+        socket closes, and again after TERM, before KILL.
+    @ivar max_restarts: how many restarts in a row (without a worker that
+        stayed up for C{stable_after} seconds) before giving up; C{None}
+        for no limit.
+    """
+
+    _log = Logger()
+    min_delay = 0.5
+    max_delay = 30.0
+    stable_after = 30.0
+
+    def __init__(
+        self,
+        reactor: Any,
+        argv: Sequence[str],
+        client: WorkerClient,
+        *,
+        env: Optional[dict[str, str]] = None,
+        max_message_size: Optional[int] = None,
+        startup_grace: float = 2.0,
+        stop_timeout: float = 10.0,
+        max_restarts: Optional[int] = None,
+        spawner: Spawner = spawn_worker,
+    ) -> None:
+        self._reactor = reactor
+        self.argv = list(argv)
+        self.client = client
+        self._env = env
+        self._max_message_size = max_message_size
+        self.startup_grace = startup_grace
+        self.stop_timeout = stop_timeout
+        self.max_restarts = max_restarts
+        self._spawner = spawner
+        self.state = "stopped"
+        self.restarts = 0
+        self._in_a_row = 0
+        self._delay = self.min_delay
+        self._worker: Optional[WorkerProcess] = None
+        self._started_at = 0.0
+        self._pending_restart: Any = None
+        self._ready_timer: Any = None
+        self._ready_waiters: list[Deferred] = []
+        self._failure_waiters: list[Deferred] = []
+        self.last_exit: Optional[str] = None
+        self._has_been_ready = False
+        self._failure_reason = ""
+
+    # Readiness
+
+    def whenReady(self) -> Deferred:
+        """
+        @return: a Deferred firing once the first worker can take requests,
+            or failing with L{WorkerStartupError} if it never will.
+        """
+        if self.state == "ready":
+            return succeed(None)
+        if self.state == "failed":
+            return self._startup_failure()
+        d: Deferred = Deferred()
+        self._ready_waiters.append(d)
+        return d
+
+    def whenFailed(self) -> Deferred:
+        """
+        @return: a Deferred firing with a L{WorkerStartupError} when the
+            service gives up on the worker (a start-up failure or too many
+            restarts), so the program around it can exit.
+        """
+        d: Deferred = Deferred()
+        self._failure_waiters.append(d)
+        return d
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    # IService
+
+    def startService(self) -> None:
+        super().startService()
+        self._spawn()
+
+    def stopService(self) -> Deferred:
+        super().stopService()
+        if self._pending_restart is not None and self._pending_restart.active():
+            self._pending_restart.cancel()
+        self._cancel_ready_timer()
+        worker, self._worker = self._worker, None
+        self.state = "stopped"
+        if worker is None:
+            return succeed(None)
+        return self._stop_worker(worker)
+
+    # Start-up
+
+    def _spawn(self) -> None:
+        self.state = "starting"
+        self._started_at = self._reactor.seconds()
+        kwargs: dict[str, Any] = {"env": self._env}
+        if self._max_message_size is not None:
+            kwargs["max_message_size"] = self._max_message_size
+        try:
+            worker = self._spawner(self._reactor, self.argv, self.client, **kwargs)
+        except Exception as e:
+            self._log.failure("Could not start the worker {argv}", argv=self.argv)
+            self._give_up(f"could not start the worker: {e}")
+            return
+        self._worker = worker
+        self._log.info("Started worker {argv} (pid {pid})", argv=self.argv, pid=worker.pid)
+        worker.when_ended().addCallback(lambda how: self._worker_ended(worker, how))
+        self._handshake(worker)
+
+    def _handshake(self, worker: WorkerProcess) -> None:
+        self._ready_timer = self._reactor.callLater(
+            self.startup_grace, self._no_handshake, worker
+        )
+        d = self.client.call(DESCRIBE, {"protocol": PROTOCOL_VERSION, "gateway": "hfendpoint"})
+        d.addCallbacks(
+            lambda reply: self._described(worker, WorkerInfo.from_reply(reply)),
+            lambda f: self._described(worker, WorkerInfo()),
+        )
+
+    def _described(self, worker: WorkerProcess, info: WorkerInfo) -> None:
+        if worker is not self._worker:
+            return
+        self.client.info = info
+        if info.calls is not None:
+            self._log.info(
+                "Worker serves {calls} (model {model})",
+                calls=", ".join(sorted(info.calls)),
+                model=info.model,
+            )
+        self._became_ready()
+
+    def _no_handshake(self, worker: WorkerProcess) -> None:
+        self._ready_timer = None
+        if worker is self._worker and self.state == "starting":
+            self._log.info(
+                "The worker did not answer the handshake within {grace}s; "
+                "taking it as an older worker that is ready",
+                grace=self.startup_grace,
+            )
+            self._became_ready()
+
+    def _became_ready(self) -> None:
+        self._cancel_ready_timer()
+        if self.state != "starting":
+            return
+        self.state = "ready"
+        self._has_been_ready = True
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def _cancel_ready_timer(self) -> None:
+        if self._ready_timer is not None and self._ready_timer.active():
+            self._ready_timer.cancel()
+        self._ready_timer = None
+
+    # Deaths and restarts
+
+    def _worker_ended(self, worker: WorkerProcess, how: str) -> None:
+        if worker is not self._worker:
+            return
+        self._worker = None
+        self._cancel_ready_timer()
+        self.last_exit = how
+        if not self._has_been_ready:
+            self._give_up(f"the worker {how} during start-up")
+            return
+        self._log.error("The worker {how}", how=how)
+        self._schedule_restart()
+
+    def _schedule_restart(self) -> None:
+        ran_for = self._reactor.seconds() - self._started_at
+        if ran_for >= self.stable_after:
+            self._in_a_row = 0
+            self._delay = self.min_delay
+        if self.max_restarts is not None and self._in_a_row >= self.max_restarts:
+            self._give_up(
+                f"the worker {self.last_exit} and {self._in_a_row} restart(s) "
+                f"in a row did not help (--max-restarts {self.max_restarts})"
+            )
+            return
+        self.state = "restarting"
+        delay = self._delay
+        self._delay = min(self._delay * 2, self.max_delay)
+        self._in_a_row += 1
+        self._log.info("Restarting the worker in {delay:.1f}s", delay=delay)
+        self._pending_restart = self._reactor.callLater(delay, self._restart)
+
+    def _restart(self) -> None:
+        self._pending_restart = None
+        self.restarts += 1
+        self._spawn()
+
+    def _give_up(self, why: str) -> None:
+        self.state = "failed"
+        self._failure_reason = why
+        self._log.critical("Giving up on the worker: {why}", why=why)
+        for d in self._ready_waiters:
+            d.errback(WorkerStartupError(why))
+        self._ready_waiters = []
+        waiters, self._failure_waiters = self._failure_waiters, []
+        for d in waiters:
+            d.callback(WorkerStartupError(why))
+
+    def _startup_failure(self) -> Deferred:
+        d: Deferred = Deferred()
+        d.errback(WorkerStartupError(self._failure_reason))
+        return d
+
+    # Stopping
+
+    def _stop_worker(self, worker: WorkerProcess) -> Deferred:
+        """
+        Close the socket, give the worker time to exit, then TERM, then KILL.
+        """
+        timers: list[Any] = []
+
+        def escalate(signal_name: str, next_step: Optional[str]) -> None:
+            self._log.warn(
+                "The worker has not exited; sending {signal}", signal=signal_name
+            )
+            worker.signal(signal_name)
+            if next_step is not None:
+                timers.append(
+                    self._reactor.callLater(self.stop_timeout, escalate, next_step, None)
+                )
+
+        def cancel_timers(result: Any) -> None:
+            for timer in timers:
+                if timer.active():
+                    timer.cancel()
+            return None
+
+        worker.close_socket()
+        timers.append(self._reactor.callLater(self.stop_timeout, escalate, "TERM", "KILL"))
+        return worker.when_ended().addBoth(cancel_timers)

@@ -1,0 +1,239 @@
+"""
+HTTP plumbing shared by every endpoint: a request that enforces the body
+limit while the body arrives, JSON bodies in and out, and server-sent
+events.
+"""
+
+from __future__ import annotations
+
+import json
+from email import message_from_bytes
+from typing import Any, Optional
+
+from twisted.internet.defer import Deferred
+from twisted.web.server import Request, Site
+
+from .errors import OpenAIError, invalid_request
+
+DEFAULT_MAX_BODY_SIZE = 10 * 1024 * 1024
+
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def dumps(value: Any) -> bytes:
+    """
+    Compact JSON, as the OpenAI API sends it.
+    """
+    return _encoder.encode(value).encode("utf-8")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json_body(request: Any) -> dict[str, Any]:
+    """
+    The request's body as a JSON object.
+
+    @raise OpenAIError: a 400 saying what is wrong with it.
+    """
+    raw = request.content.read() if request.content is not None else b""
+    try:
+        body = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise invalid_request(
+            "We could not parse the JSON body of your request. (HINT: This likely "
+            "means you aren't using your HTTP library correctly. The OpenAI API "
+            "expects a JSON payload, but what was sent was not valid JSON.)",
+            code="invalid_json",
+        )
+    if not isinstance(body, dict):
+        raise invalid_request(
+            "The JSON body of your request must be an object.", code="invalid_json"
+        )
+    return body
+
+
+def send_json(request: Any, value: Any, status: int = 200) -> bytes:
+    """
+    Set the status and headers for a JSON body and return the body for
+    Klein to write.
+    """
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    return dumps(value)
+
+
+def send_error(request: Any, error: OpenAIError) -> bytes:
+    request.setResponseCode(error.status)
+    request.setHeader(b"content-type", b"application/json")
+    for name, value in error.headers.items():
+        request.setHeader(name.encode("ascii"), value.encode("ascii"))
+    return error.to_json()
+
+
+class EventStream:
+    """
+    Server-sent events on one response.
+
+    Headers go out with the first event, so a failure before any event
+    can still be answered with a proper JSON error and status.
+
+    @ivar started: whether anything was written.
+    @ivar closed: whether the client went away.
+    """
+
+    def __init__(self, request: Any) -> None:
+        self._request = request
+        self.started = False
+        self.closed = False
+        request.notifyFinish().addErrback(self._gone)
+
+    def _gone(self, failure: Any) -> None:
+        self.closed = True
+
+    def _start(self) -> None:
+        self.started = True
+        request = self._request
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-cache")
+        request.setHeader(b"x-accel-buffering", b"no")
+
+    def send(self, value: Any, event: Optional[str] = None) -> None:
+        self.write_raw(
+            (b"event: " + event.encode("ascii") + b"\n" if event else b"")
+            + b"data: "
+            + dumps(value)
+            + b"\n\n"
+        )
+
+    def write_raw(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if not self.started:
+            self._start()
+        self._request.write(data)
+
+    def done(self) -> None:
+        """
+        The end marker the official client stops on.
+        """
+        self.write_raw(b"data: [DONE]\n\n")
+
+
+class FormPart:
+    """
+    One field of a multipart form.
+    """
+
+    def __init__(self, name: str, data: bytes, filename: Optional[str], content_type: str) -> None:
+        self.name = name
+        self.data = data
+        self.filename = filename
+        self.content_type = content_type
+
+    @property
+    def text(self) -> str:
+        try:
+            return self.data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise invalid_request(f"Field '{self.name}' is not UTF-8 text.", param=self.name)
+
+
+def parse_form(request: Any) -> dict[str, list[FormPart]]:
+    """
+    A C{multipart/form-data} body, by field name.
+
+    @raise OpenAIError: a 400 if the body is not such a form.
+    """
+    content_type = request.getHeader(b"content-type") or b""
+    if not content_type.lower().startswith(b"multipart/form-data"):
+        raise invalid_request(
+            "This endpoint takes a multipart/form-data body.", code="invalid_content_type"
+        )
+    raw = request.content.read() if request.content is not None else b""
+    message = message_from_bytes(
+        b"MIME-Version: 1.0\r\nContent-Type: " + content_type + b"\r\n\r\n" + raw
+    )
+    if not message.is_multipart():
+        raise invalid_request("The multipart/form-data body could not be parsed.")
+    form: dict[str, list[FormPart]] = {}
+    for part in message.get_payload():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str) or not name:
+            continue
+        data = part.get_payload(decode=True) or b""
+        form.setdefault(name, []).append(
+            FormPart(name, data, part.get_filename(), part.get_content_type())
+        )
+    return form
+
+
+class LimitedRequest(Request):
+    """
+    A request that refuses a body over its site's C{max_body_size} as soon
+    as it is announced (C{Content-Length}) or as soon as it grows past it
+    (chunked), with a 413, instead of buffering it whole.
+    """
+
+    _rejected = False
+    _received = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Form bodies are parsed by the routes that take them, so that a
+        # malformed one is an OpenAI error rather than a bare 400.
+        self._parsePOSTFormSubmission = False
+
+    def gotLength(self, length: Optional[int]) -> None:
+        limit = self.channel.site.max_body_size
+        if length is not None and length > limit:
+            self._too_large(limit)
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._rejected:
+            return
+        self._received += len(data)
+        limit = self.channel.site.max_body_size
+        if self._received > limit:
+            self._too_large(limit)
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._rejected:
+            return
+        super().requestReceived(command, path, version)
+
+    def _too_large(self, limit: int) -> None:
+        self._rejected = True
+        body = OpenAIError(
+            413,
+            f"The request body is larger than the limit of {limit} bytes.",
+            "invalid_request_error",
+            None,
+            "request_too_large",
+        ).to_json()
+        transport = self.channel.transport
+        transport.write(
+            b"HTTP/1.1 413 Payload Too Large\r\n"
+            b"content-type: application/json\r\n"
+            b"content-length: " + str(len(body)).encode("ascii") + b"\r\n"
+            b"connection: close\r\n\r\n" + body
+        )
+        transport.loseConnection()
+
+
+class GatewaySite(Site):
+    """
+    A L{Site} whose requests enforce C{max_body_size}.
+    """
+
+    requestFactory = LimitedRequest
+
+    def __init__(self, resource: Any, max_body_size: int = DEFAULT_MAX_BODY_SIZE, **kwargs: Any) -> None:
+        super().__init__(resource, **kwargs)
+        self.max_body_size = max_body_size
