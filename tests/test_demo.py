@@ -216,7 +216,8 @@ class ImageTests(SynchronousTestCase):
         self.assertNotEqual(with_mask, replies)
 
     def test_editions_need_png(self) -> None:
-        for bad in [{"image": b"GIF89a"}, {"image": "text"}, {}]:
+        bad_images: list[dict[str, Any]] = [{"image": b"GIF89a"}, {"image": "text"}, {}]
+        for bad in bad_images:
             request = {"prompt": "edit", "n": 1, "width": 8, "height": 8, **bad}
             [reply] = self.demo.call("images_editions", request)
             self.assertEqual(reply["error"], "image must be a PNG")

@@ -24,7 +24,7 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from typing import Any, Optional, TypeVar, overload
+from typing import Any, Optional, TypeGuard, TypeVar, overload
 
 import msgpack
 
@@ -288,7 +288,7 @@ class Connection:
             return
         self.closed = True
         log.warning("Lost the connection to the gateway (%s); stopping.", error)
-        pass  # MUT
+        self.writer.transport.abort()
 
     async def close(self) -> None:
         """
@@ -308,7 +308,7 @@ class Connection:
             await self.writer.wait_closed()
 
 
-def is_id(value: Any) -> bool:
+def is_id(value: Any) -> TypeGuard[int]:
     """
     Whether C{value} may be a request id (msgpack booleans are no integers).
     """
@@ -505,6 +505,9 @@ async def serve(
 ) -> None:
     """
     Serve C{calls} on C{sock} until the gateway closes it.
+
+    This is L{run} without the environment and without owning the event
+    loop, for tests and for programs that embed a worker in their own loop.
     """
     reader, writer = await asyncio.open_unix_connection(sock=sock)
     connection = Connection(writer, calls, model)

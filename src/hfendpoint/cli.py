@@ -122,37 +122,25 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
         reply_timeout=args.reply_timeout,
         max_restarts=args.max_restarts,
     )
+    gateway.stop_reactor_on_failure = True
     outcome = {"code": 0}
 
-    def fatal(message: str) -> None:
-        _log.critical("hfendpoint: {message}", message=message)
+    def failed(why: str) -> None:
         outcome["code"] = 1
-        if reactor.running:
-            reactor.stop()
+        print(f"hfendpoint: error: {why}", file=sys.stderr)
 
     def start() -> None:
+        gateway.whenFailed().addCallback(failed)
         gateway.startService()
-        gateway.whenListening().addCallbacks(
-            lambda _: _log.info("Listening on http://{host}:{port}", host=args.host, port=args.port),
-            lambda f: fatal(f"cannot listen on {args.host}:{args.port}: {_reason(f)}"),
+        gateway.whenListening().addCallback(
+            lambda _: _log.info("Listening on http://{host}:{port}", host=args.host, port=args.port)
         )
-        gateway.whenReady().addCallbacks(
-            lambda _: _log.info("The worker is ready"), lambda f: fatal(str(f.value))
-        )
-        gateway.worker.whenFailed().addCallback(lambda e: fatal(str(e)))
+        gateway.whenReady().addCallbacks(lambda _: _log.info("The worker is ready"), lambda f: None)
 
     reactor.addSystemEventTrigger("before", "shutdown", gateway.stopService)
     reactor.callWhenRunning(start)
     reactor.run()
     return outcome["code"]
-
-
-def _reason(failure: Any) -> str:
-    value = failure.value
-    sub = getattr(value, "subFailure", None)
-    if sub is not None:
-        value = sub.value
-    return str(value)
 
 
 def console_script() -> None:

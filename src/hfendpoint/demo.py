@@ -64,6 +64,10 @@ def tokenize_text(text: str) -> list[int]:
 
 @hfendpoint.handler("tokenize")
 def tokenize(data: dict[str, Any]) -> dict[str, Any]:
+    """
+    Token ids for each text: the gateway needs them before C{embeddings},
+    and clients count them for usage.
+    """
     texts = data.get("input")
     if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
         raise WorkerError("input must be a list of strings")
@@ -113,6 +117,10 @@ def embed(tokens: Sequence[int], size: int) -> list[float]:
 
 @hfendpoint.handler("embeddings")
 def embeddings(data: dict[str, Any]) -> dict[str, Any]:
+    """
+    One unit vector per token list; an empty list is refused, since it has
+    no direction to normalise.
+    """
     inputs = data.get("input")
     if not isinstance(inputs, list):
         raise WorkerError("input must be a list of token lists")
@@ -153,6 +161,10 @@ def message_text(message: Any) -> str:
 
 
 def compose_reply(said: str) -> str:
+    """
+    Spaces are normalised so that the streamed tokens, each with the spaces
+    before it, concatenate back to exactly this text.
+    """
     said = " ".join(said.split())
     if not said:
         return "Hello! You said nothing."
@@ -175,6 +187,11 @@ def token_limit(data: dict[str, Any]) -> Optional[int]:
 
 @hfendpoint.handler("chat_completions")
 async def chat_completions(data: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    """
+    Echo the last user message one token per reply, as a streaming model
+    does, so that streaming, C{max_tokens} and usage can all be seen at
+    work; the counts agree with C{tokenize}.
+    """
     messages = data.get("messages")
     if not isinstance(messages, list):
         raise WorkerError("messages must be a list")
@@ -301,6 +318,10 @@ def image_seed(prompt: str, index: int, *extra: bytes) -> bytes:
 
 @hfendpoint.handler("images_generations")
 async def images_generations(data: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    """
+    One PNG per reply, painted off the event loop so that other requests
+    go on meanwhile.
+    """
     prompt, count, width, height = image_request(data)
     for index in range(count):
         colours = palette(image_seed(prompt, index))
@@ -319,6 +340,10 @@ def require_png(data: dict[str, Any], key: str, required: bool) -> bytes:
 
 @hfendpoint.handler("images_editions")
 async def images_editions(data: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    """
+    Like L{images_generations}, but refuses input that is not a PNG, as a
+    real image model would fail to decode it.
+    """
     prompt, count, width, height = image_request(data)
     image = require_png(data, "image", required=True)
     mask = require_png(data, "mask", required=False)

@@ -11,6 +11,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
 
 from .app import GatewayApp
 from .client import WorkerClient
@@ -41,7 +42,14 @@ class GatewayService(MultiService):
     @ivar site: the L{GatewaySite} serving the API.
     @ivar ports: the listening ports once started (for tests that listen
         on port 0).
+    @ivar stop_reactor_on_failure: whether to stop the reactor when the
+        gateway cannot serve (a port it cannot listen on, a worker that
+        fails at start-up or too often), as a program of its own should;
+        an embedding application may prefer to watch L{whenFailed}.
     """
+
+    _log = Logger(namespace="hfendpoint")
+    stop_reactor_on_failure = False
 
     def __init__(
         self,
@@ -76,11 +84,36 @@ class GatewayService(MultiService):
             self.client, self.store, model_name=model_name, is_ready=lambda: self.worker.ready
         )
         self.site = GatewaySite(self.api.resource(), max_body_size=max_body_size)
+        self._failure_waiters: list[Deferred] = []
         self._listeners = []
         for description in listen:
             listener = _RecordingEndpointService(serverFromString(reactor, description), self.site)
             listener.setServiceParent(self)
             self._listeners.append(listener)
+
+    def startService(self) -> None:
+        super().startService()
+        self.whenListening().addErrback(
+            lambda f: self._failed(f"cannot listen: {getattr(f.value, 'subFailure', f).value}")
+        )
+        self.worker.whenFailed().addCallback(lambda e: self._failed(str(e)))
+
+    def whenFailed(self) -> Deferred:
+        """
+        @return: a Deferred firing with the reason, as a string, if the
+            gateway gives up serving.
+        """
+        d: Deferred = Deferred()
+        self._failure_waiters.append(d)
+        return d
+
+    def _failed(self, why: str) -> None:
+        self._log.critical("hfendpoint cannot serve: {why}", why=why)
+        waiters, self._failure_waiters = self._failure_waiters, []
+        for d in waiters:
+            d.callback(why)
+        if self.stop_reactor_on_failure and self._reactor.running:
+            self._reactor.stop()
 
     @property
     def ports(self) -> list[Any]:

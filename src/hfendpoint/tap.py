@@ -1,0 +1,90 @@
+"""
+The twistd plugin's options and service:
+
+    twistd -n hfendpoint --listen tcp:3000 --worker ./worker [-- worker args...]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.python import usage
+
+from .sizes import parse_size
+
+_log = Logger(namespace="hfendpoint")
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise usage.UsageError(str(e))
+
+
+class Options(usage.Options):
+    synopsis = "[options] [-- worker arguments...]"
+    longdesc = (
+        "Serve a model worker behind OpenAI-compatible HTTP endpoints. "
+        "Without --worker, the built-in demo worker is served. Arguments after "
+        "the options are passed to the worker."
+    )
+
+    optParameters = [
+        ["worker", "w", None, "The worker executable (default: the built-in demo worker)."],
+        ["max-image-capacity", None, "1G", "Memory kept for images served by URL.", _size],
+        ["max-body-size", None, "10M", "Largest request body accepted.", _size],
+        ["model-name", None, None, "The model name responses carry."],
+        ["reply-timeout", None, 300.0, "Longest wait for each worker reply, in seconds.", float],
+        ["max-restarts", None, None, "Give up after N restarts in a row of a failing worker.", int],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """
+        A Twisted endpoint description to serve HTTP on (tcp:3000,
+        unix:/run/hfendpoint.sock, ssl:443:privateKey=...); may be repeated.
+        Default: tcp:3000.
+        """
+        self["listen"].append(description)
+
+    def parseArgs(self, *worker_args: str) -> None:
+        self["worker_args"] = list(worker_args)
+
+    def postOptions(self) -> None:
+        if not self["listen"]:
+            self["listen"] = ["tcp:3000"]
+        from .process import WorkerNotFound, resolve_worker
+
+        if self["worker"] is None:
+            if self["worker_args"]:
+                raise usage.UsageError("worker arguments were given without --worker")
+            self["command"] = None
+            return
+        try:
+            self["command"] = resolve_worker([self["worker"], *self["worker_args"]])
+        except WorkerNotFound as e:
+            raise usage.UsageError(str(e))
+
+
+def makeService(options: Options) -> Any:
+    from twisted.internet import reactor
+
+    from .service import GatewayService
+
+    gateway = GatewayService(
+        reactor,
+        options["command"],
+        listen=options["listen"],
+        max_body_size=options["max-body-size"],
+        max_image_capacity=options["max-image-capacity"],
+        model_name=options["model-name"],
+        reply_timeout=options["reply-timeout"],
+        max_restarts=options["max-restarts"],
+    )
+    gateway.stop_reactor_on_failure = True
+    return gateway

@@ -1,0 +1,138 @@
+"""
+Framing of the worker socket, fed in every split.
+"""
+
+import msgpack
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from hfendpoint.protocol import IMessageReceiver, ProtocolViolation, WorkerProtocol
+
+settings.register_profile("hfendpoint", derandomize=True, deadline=None, max_examples=60)
+settings.load_profile("hfendpoint")
+
+
+@implementer(IMessageReceiver)
+class Recorder:
+    def __init__(self):
+        self.messages = []
+        self.lost = []
+        self.protocol = None
+
+    def connected(self, protocol):
+        self.protocol = protocol
+
+    def message_received(self, message):
+        self.messages.append(message)
+
+    def disconnected(self, protocol, reason):
+        self.lost.append(reason)
+
+
+REPLIES = [
+    {"id": 1, "data": {"content": "Hel", "finish_reason": None}},
+    {"id": 2, "data": {"png": b"\x89PNG\r\n\x1a\n" + bytes(range(256))}},
+    {"id": 1, "data": {"content": "lo", "finish_reason": "stop"}},
+    {"id": 3, "error": "boom"},
+    {"id": 4, "data": {"embeddings": [[0.5, -0.25], None]}},
+]
+WIRE = b"".join(msgpack.packb(m, use_bin_type=True) for m in REPLIES)
+
+
+def connect(max_message_size=None):
+    receiver = Recorder()
+    protocol = WorkerProtocol(receiver) if max_message_size is None else WorkerProtocol(receiver, max_message_size)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    return receiver, protocol, transport
+
+
+class FramingTests(SynchronousTestCase):
+    def test_receiver_interface(self):
+        verifyObject(IMessageReceiver, Recorder())
+
+    def test_connected(self):
+        receiver, protocol, _ = connect()
+        self.assertIs(receiver.protocol, protocol)
+
+    def test_one_read(self):
+        receiver, protocol, _ = connect()
+        protocol.dataReceived(WIRE)
+        self.assertEqual(receiver.messages, REPLIES)
+
+    def test_byte_by_byte(self):
+        receiver, protocol, _ = connect()
+        for i in range(len(WIRE)):
+            protocol.dataReceived(WIRE[i : i + 1])
+        self.assertEqual(receiver.messages, REPLIES)
+
+    def test_every_single_split(self):
+        for cut in range(1, len(WIRE)):
+            receiver, protocol, _ = connect()
+            protocol.dataReceived(WIRE[:cut])
+            protocol.dataReceived(WIRE[cut:])
+            self.assertEqual(receiver.messages, REPLIES, f"split at {cut}")
+
+    @given(st.lists(st.integers(min_value=1, max_value=len(WIRE) - 1), max_size=12))
+    def test_any_splits(self, cuts):
+        receiver, protocol, _ = connect()
+        edges = [0, *sorted(set(cuts)), len(WIRE)]
+        for start, end in zip(edges, edges[1:]):
+            protocol.dataReceived(WIRE[start:end])
+        self.assertEqual(receiver.messages, REPLIES)
+
+    def test_send(self):
+        _, protocol, transport = connect()
+        protocol.send({"id": 7, "name": "tokenize", "data": {"input": ["a"]}})
+        protocol.send({"id": 8, "name": "images_editions", "data": {"image": b"\x00\x01"}})
+        unpacker = msgpack.Unpacker(raw=False)
+        unpacker.feed(transport.value())
+        first, second = list(unpacker)
+        self.assertEqual(first, {"id": 7, "name": "tokenize", "data": {"input": ["a"]}})
+        # Binary payloads go as msgpack bin, as the original's workers expect.
+        self.assertEqual(transport.value()[-3:], b"\xc4\x02\x00\x01"[-3:])
+        self.assertIsInstance(second["data"]["image"], bytes)
+
+    def test_not_a_reply_is_dropped(self):
+        receiver, protocol, transport = connect()
+        protocol.dataReceived(msgpack.packb([1, 2]) + msgpack.packb({"id": "x"}) + msgpack.packb({"id": 5, "data": 1}))
+        self.assertEqual(receiver.messages, [{"id": 5, "data": 1}])
+        self.assertFalse(transport.disconnecting)
+
+    def test_malformed_bytes(self):
+        receiver, protocol, transport = connect()
+        protocol.dataReceived(msgpack.packb({"id": 1, "data": 1}) + b"\xc1garbage")
+        self.assertEqual(receiver.messages, [{"id": 1, "data": 1}])
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(Failure(Exception("closed")))
+        [reason] = receiver.lost
+        self.assertTrue(reason.check(ProtocolViolation))
+        self.assertIn("malformed", str(reason.value))
+
+    def test_oversized_message(self):
+        receiver, protocol, transport = connect(max_message_size=1024)
+        protocol.dataReceived(msgpack.packb({"id": 1, "data": b"x" * 4096}, use_bin_type=True))
+        self.assertEqual(receiver.messages, [])
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(Failure(Exception("closed")))
+        self.assertIn("exceeds 1024 bytes", str(receiver.lost[0].value))
+
+    def test_nothing_after_violation(self):
+        receiver, protocol, _ = connect()
+        protocol.dataReceived(b"\xc1")
+        protocol.dataReceived(msgpack.packb({"id": 1, "data": 1}))
+        self.assertEqual(receiver.messages, [])
+
+    def test_when_closed(self):
+        receiver, protocol, _ = connect()
+        before = protocol.when_closed()
+        self.assertNoResult(before)
+        protocol.connectionLost(Failure(Exception("eof")))
+        self.assertIsNone(self.successResultOf(before))
+        self.assertIsNone(self.successResultOf(protocol.when_closed()))
+        self.assertEqual(len(receiver.lost), 1)
