@@ -146,9 +146,10 @@ class Responder:
             "tools": [],
             "top_p": body.get("top_p", 1.0),
             "truncation": "disabled",
-            "usage": usage,
             "metadata": body.get("metadata") or {},
         }
+        if usage is not None:
+            response["usage"] = usage
         if isinstance(body.get("user"), str):
             response["user"] = body["user"]
         return response

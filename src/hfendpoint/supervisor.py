@@ -14,7 +14,9 @@ from typing import Any, Callable, Optional, Sequence
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from .errors import OpenAIError
 from .client import DESCRIBE, PROTOCOL_VERSION, WorkerClient, WorkerInfo
 from .process import WorkerProcess, spawn_worker
 
@@ -157,8 +159,18 @@ class WorkerService(Service):
         d = self.client.call(DESCRIBE, {"protocol": PROTOCOL_VERSION, "gateway": "hfendpoint"})
         d.addCallbacks(
             lambda reply: self._described(worker, WorkerInfo.from_reply(reply)),
-            lambda f: self._described(worker, WorkerInfo()),
+            lambda failure: self._not_described(worker, failure),
         )
+
+    def _not_described(self, worker: WorkerProcess, failure: Failure) -> None:
+        """
+        An C{error} reply means an older worker that does not know the
+        handshake and is ready; anything else (the worker died, the gateway
+        stopped) is handled where the worker's end is.
+        """
+        error = failure.value
+        if isinstance(error, OpenAIError) and error.code == "worker_error":
+            self._described(worker, WorkerInfo())
 
     def _described(self, worker: WorkerProcess, info: WorkerInfo) -> None:
         if worker is not self._worker:
