@@ -40,6 +40,9 @@ class FakeWorker:
         [describe] = [r for r in self.requests() if r["name"] == DESCRIBE]
         self.protocol.dataReceived(msgpack.packb({"id": describe["id"], "data": reply}))
 
+    def when_disconnected(self):
+        return self.protocol.when_closed()
+
     def when_ended(self):
         if self.how is not None:
             return succeed(self.how)
@@ -214,6 +217,26 @@ class RestartTests(SynchronousTestCase):
         h.worker.exit()
         self.successResultOf(failed)
         self.assertEqual(len(h.workers), 1)
+
+
+class BrokenSocketTests(SynchronousTestCase):
+    def test_worker_is_stopped_when_its_socket_closes(self):
+        h = Harness(stop_timeout=5)
+        h.service.startService()
+        h.worker.answer_handshake({})
+        h.worker.protocol.dataReceived(b"\xc1")
+        h.worker.protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(h.worker.socket_closed)
+        h.clock.advance(5)
+        self.assertEqual(h.worker.signals, ["TERM"])
+        h.worker.how = "was killed by SIGTERM"
+        for d in h.worker._waiters:
+            d.callback(h.worker.how)
+        self.assertEqual(h.service.state, "restarting")
+        h.clock.advance(h.service.min_delay)
+        self.assertEqual(len(h.workers), 2)
+        h.clock.advance(10)
+        self.assertEqual(h.workers[0].signals, ["TERM"])
 
 
 class StopTests(SynchronousTestCase):

@@ -145,3 +145,7 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
 
 def console_script() -> None:
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    console_script()

@@ -133,6 +133,13 @@ class WorkerProcess:
         self._process_protocol = protocol
         self._connection = connection
 
+    def when_disconnected(self) -> Deferred:
+        """
+        @return: a new Deferred firing once the gateway's end of the socket
+            is closed (the worker closed it or broke the protocol).
+        """
+        return self._connection.protocol.when_closed()
+
     def when_ended(self) -> Deferred:
         """
         @return: a new Deferred firing with how the worker ended, in words,

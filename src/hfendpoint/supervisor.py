@@ -150,6 +150,7 @@ class WorkerService(Service):
         self._worker = worker
         self._log.info("Started worker {argv} (pid {pid})", argv=self.argv, pid=worker.pid)
         worker.when_ended().addCallback(lambda how: self._worker_ended(worker, how))
+        worker.when_disconnected().addCallback(lambda _: self._socket_closed(worker))
         self._handshake(worker)
 
     def _handshake(self, worker: WorkerProcess) -> None:
@@ -210,6 +211,15 @@ class WorkerService(Service):
         self._ready_timer = None
 
     # Deaths and restarts
+
+    def _socket_closed(self, worker: WorkerProcess) -> None:
+        """
+        A worker whose socket is gone (it broke the protocol, or closed it)
+        can serve nothing more: stop it so that it can be restarted.
+        """
+        if worker is self._worker:
+            self._log.warn("The worker's socket closed; stopping the worker")
+            self._stop_worker(worker)
 
     def _worker_ended(self, worker: WorkerProcess, how: str) -> None:
         if worker is not self._worker:

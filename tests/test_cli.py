@@ -1,0 +1,100 @@
+"""
+The hfendpoint command line, run as a real process.
+"""
+
+import os
+import sys
+
+from twisted.internet import reactor
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from hfendpoint.cli import build_parser, listen_description
+from hfendpoint.sizes import parse_size
+
+from .workers import write_worker
+
+
+def hfendpoint(*args):
+    return getProcessOutputAndValue(
+        sys.executable, ["-m", "hfendpoint.cli", *args], env=dict(os.environ), reactor=reactor
+    )
+
+
+class SizeTests(SynchronousTestCase):
+    def test_sizes(self):
+        self.assertEqual(parse_size("10"), 10)
+        self.assertEqual(parse_size("10K"), 10 * 1024)
+        self.assertEqual(parse_size("10M"), 10 * 1024**2)
+        self.assertEqual(parse_size("1G"), 1024**3)
+        self.assertEqual(parse_size("2g"), 2 * 1024**3)
+
+    def test_bad_sizes(self):
+        for text in ("", "0", "0K", "-1", "1.5M", "10T", "M", "ten"):
+            self.assertRaises(ValueError, parse_size, text)
+
+
+class ParserTests(SynchronousTestCase):
+    def test_defaults(self):
+        args = build_parser().parse_args([])
+        self.assertEqual((args.host, args.port), ("0.0.0.0", 3000))
+        self.assertEqual(args.max_image_capacity, 1024**3)
+        self.assertEqual(args.max_body_size, 10 * 1024**2)
+        self.assertIsNone(args.worker)
+
+    def test_worker_args_pass_through(self):
+        args = build_parser().parse_args(["--port", "8000", "./worker", "--model", "x", "-v"])
+        self.assertEqual(args.port, 8000)
+        self.assertEqual(args.worker, "./worker")
+        self.assertEqual(args.worker_args, ["--model", "x", "-v"])
+
+    def test_listen_description(self):
+        self.assertEqual(listen_description("0.0.0.0", 3000), "tcp:3000:interface=0.0.0.0")
+        self.assertEqual(listen_description("::1", 80), "tcp:80:interface=\\:\\:1")
+
+
+class CommandTests(TestCase):
+    async def test_version(self):
+        out, err, code = await hfendpoint("--version")
+        self.assertEqual(code, 0)
+        self.assertIn(b"hfendpoint 0.4.0", out)
+
+    async def test_help(self):
+        out, err, code = await hfendpoint("--help")
+        self.assertEqual(code, 0)
+        for option in (b"--host", b"--port", b"--max-image-capacity", b"--max-body-size", b"WORKER_PATH"):
+            self.assertIn(option, out)
+
+    async def test_bad_size(self):
+        out, err, code = await hfendpoint("--max-body-size", "10X")
+        self.assertEqual(code, 2)
+        self.assertIn(b"invalid size '10X'", err)
+
+    async def test_missing_worker(self):
+        out, err, code = await hfendpoint("/nonexistent/worker")
+        self.assertEqual(code, 2)
+        self.assertIn(b"'/nonexistent/worker' does not exist", err)
+
+    async def test_worker_not_executable(self):
+        script = write_worker(self, "print('hi')\n")
+        os.chmod(script, 0o644)
+        out, err, code = await hfendpoint(script)
+        self.assertEqual(code, 2)
+        self.assertIn(b"is not executable", err)
+
+    async def test_worker_exits_during_startup(self):
+        script = write_worker(self, "import sys\nsys.stderr.write('cannot load model\\n')\nsys.exit(3)\n")
+        out, err, code = await hfendpoint("--host", "127.0.0.1", "--port", "0", script)
+        self.assertEqual(code, 1)
+        self.assertIn(b"worker: cannot load model", err)
+        self.assertIn(b"exited with status 3 during start-up", err)
+
+    async def test_port_taken(self):
+        port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        taken = str(port.getHost().port)
+        out, err, code = await hfendpoint("--host", "127.0.0.1", "--port", taken)
+        self.assertEqual(code, 1)
+        self.assertIn(b"cannot listen", err)
+        self.assertIn(b"Address already in use", err)
