@@ -15,8 +15,10 @@ once the worker process is gone.
 from __future__ import annotations
 
 import base64
-import json
+import math
 import os
+import random
+import re
 import stat
 import struct
 import sys
@@ -24,7 +26,6 @@ import textwrap
 import zlib
 from typing import Any, Callable, Optional, Sequence
 
-import treq
 from treq.client import HTTPClient
 from twisted.internet import reactor as _global_reactor
 from twisted.internet.defer import Deferred, inlineCallbacks, returnValue
@@ -44,6 +45,9 @@ __all__ = [
     "parse_sse",
     "png_size",
     "tiny_png",
+    "decode_float32",
+    "demo_tokens",
+    "demo_embedding",
 ]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -54,12 +58,13 @@ def start_gateway(
     testCase: TestCase,
     worker_command: Optional[Sequence[str]] = None,
     reactor: Any = None,
+    wait_ready: bool = True,
     **kwargs: Any,
 ) -> Any:
     """
     Start a gateway listening on an ephemeral loopback port, with the demo
     worker (C{worker_command} C{None}) or the given command, and wait until
-    it listens and its worker is ready.
+    it listens and (unless C{wait_ready} is false) its worker is ready.
 
     The gateway is stopped at the end of the test; the cleanup waits for
     the worker process to exit.
@@ -78,7 +83,8 @@ def start_gateway(
     gateway.startService()
     testCase.addCleanup(gateway.stopService)
     yield gateway.whenListening()
-    yield gateway.whenReady()
+    if wait_ready:
+        yield gateway.whenReady()
     port = gateway.ports[0].getHost().port
     returnValue((f"http://127.0.0.1:{port}", gateway))
 
@@ -201,12 +207,39 @@ def tiny_png(width: int = 2, height: int = 2) -> bytes:
     )
 
 
-def json_body(data: bytes) -> Any:
-    return json.loads(data.decode("utf-8"))
-
-
 def decode_float32(text: str) -> list[float]:
+    """
+    A base64 embedding (little-endian float32) as floats.
+    """
     raw = base64.b64decode(text, validate=True)
     if len(raw) % 4:
         raise AssertionError(f"base64 embedding of {len(raw)} bytes is not float32")
     return list(struct.unpack(f"<{len(raw) // 4}f", raw))
+
+
+# The demo worker's documented behaviour, computed independently of its
+# code (see hfendpoint.demo's docstring), as the oracle for what comes back
+# through the gateway.
+
+_DEMO_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+def demo_tokens(text: str) -> list[int]:
+    """
+    The demo's token ids: each word or punctuation sign hashed by CRC-32
+    into 1000..50999.
+    """
+    return [zlib.crc32(piece.encode("utf-8")) % 50000 + 1000 for piece in _DEMO_TOKEN.findall(text)]
+
+
+def demo_embedding(tokens: Sequence[int], size: int = 384) -> list[float]:
+    """
+    The demo's embedding: the sum of a vector per token, uniform in
+    [-1, 1] from C{random.Random(token)}, normalised to unit length.
+    """
+    total = [0.0] * size
+    for token in tokens:
+        generator = random.Random(token)
+        total = [t + generator.uniform(-1.0, 1.0) for t in total]
+    length = math.sqrt(sum(x * x for x in total))
+    return [x / length for x in total] if length else total

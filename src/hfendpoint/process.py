@@ -76,9 +76,11 @@ class WorkerProcessProtocol(ProcessProtocol):
     @ivar how_it_ended: how the process ended, in words, once it has.
     """
 
-    _log = Logger(namespace="hfendpoint.worker")
-
     def __init__(self) -> None:
+        # An instance attribute: a Logger on the class would take the
+        # class's name as its namespace, and the worker's lines have one of
+        # their own, so that an operator can filter them.
+        self._log = Logger(namespace="hfendpoint.worker", source=self)
         self.how_it_ended: Optional[str] = None
         self._waiters: list[Deferred] = []
         self._partial = b""
@@ -132,13 +134,15 @@ class WorkerProcess:
         self.pid: int = transport.pid
         self._process_protocol = protocol
         self._connection = connection
+        # The transport forgets its protocol once closed; we need it after.
+        self._socket_protocol = connection.protocol
 
     def when_disconnected(self) -> Deferred:
         """
         @return: a new Deferred firing once the gateway's end of the socket
             is closed (the worker closed it or broke the protocol).
         """
-        return self._connection.protocol.when_closed()
+        return self._socket_protocol.when_closed()
 
     def when_ended(self) -> Deferred:
         """
@@ -146,7 +150,7 @@ class WorkerProcess:
             once the process is gone and its socket closed.
         """
         return gatherResults(
-            [self._process_protocol.when_ended(), self._connection.protocol.when_closed()]
+            [self._process_protocol.when_ended(), self._socket_protocol.when_closed()]
         ).addCallback(lambda results: results[0])
 
     def close_socket(self) -> None:

@@ -17,6 +17,7 @@ from .app import GatewayApp
 from .client import WorkerClient
 from .imagestore import MemoryImageStore
 from .process import demo_worker_command
+from .protocol import DEFAULT_MAX_MESSAGE_SIZE
 from .supervisor import WorkerService
 from .web import DEFAULT_MAX_BODY_SIZE, GatewaySite
 
@@ -65,6 +66,7 @@ class GatewayService(MultiService):
         stop_timeout: float = 10.0,
         max_restarts: Optional[int] = None,
         worker_env: Optional[dict[str, str]] = None,
+        max_worker_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
         super().__init__()
         self._reactor = reactor
@@ -74,6 +76,7 @@ class GatewayService(MultiService):
             list(worker_command) if worker_command else demo_worker_command(),
             self.client,
             env=worker_env,
+            max_message_size=max_worker_message_size,
             startup_grace=startup_grace,
             stop_timeout=stop_timeout,
             max_restarts=max_restarts,

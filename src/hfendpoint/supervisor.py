@@ -219,6 +219,7 @@ class WorkerService(Service):
         """
         if worker is self._worker:
             self._log.warn("The worker's socket closed; stopping the worker")
+            self.state = "restarting"
             self._stop_worker(worker)
 
     def _worker_ended(self, worker: WorkerProcess, how: str) -> None:

@@ -1,0 +1,300 @@
+"""
+The gateway against workers that crash, break the protocol, stall, or
+lose their clients: real gateway, real worker processes, loopback.
+"""
+
+import json
+import os
+import signal
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredList, gatherResults
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import TestCase
+
+from .gateway import http_client, start_gateway, write_worker
+from .openapi import validate
+
+# A worker on our SDK whose chat streams one token and then waits until
+# cancelled, saying so on stderr; "quick" answers at once.
+STALLING_WORKER = """
+import asyncio, sys
+import hfendpoint
+
+@hfendpoint.handler("chat_completions")
+async def chat(data):
+    text = data["messages"][-1]["content"]
+    if text == "quick":
+        yield {"content": "done", "finish_reason": "stop"}
+        return
+    print("started", text, file=sys.stderr, flush=True)
+    yield {"content": "first", "finish_reason": None}
+    try:
+        await asyncio.Event().wait()
+    finally:
+        print("cancelled", text, file=sys.stderr, flush=True)
+
+@hfendpoint.handler("tokenize")
+def tokenize(data):
+    return {"tokens": [[1] for _ in data["input"]]}
+
+asyncio.run(hfendpoint.run())
+"""
+
+
+def chat_body(text, stream=False):
+    return json.dumps({"model": "m", "messages": [{"role": "user", "content": text}], "stream": stream}).encode()
+
+
+class LineWatcher:
+    """
+    Waits for lines the worker writes to stderr (the gateway logs them).
+    """
+
+    def __init__(self, testcase):
+        self.lines = []
+        self._waiters = []
+        globalLogPublisher.addObserver(self)
+        testcase.addCleanup(globalLogPublisher.removeObserver, self)
+
+    def __call__(self, event):
+        if event.get("log_namespace") == "hfendpoint.worker" and "line" in event:
+            self.lines.append(event["line"])
+            for count, prefix, d in list(self._waiters):
+                if self.count(prefix) >= count:
+                    self._waiters.remove((count, prefix, d))
+                    d.callback(None)
+
+    def count(self, prefix):
+        return sum(1 for line in self.lines if line.startswith(prefix))
+
+    def wait_for(self, prefix, count=1):
+        d = Deferred()
+        if self.count(prefix) >= count:
+            d.callback(None)
+        else:
+            self._waiters.append((count, prefix, d))
+        return d
+
+
+class StreamingClient(Protocol):
+    """
+    A raw HTTP client that can drop its connection mid-stream.
+    """
+
+    def __init__(self, body):
+        self._body = body
+        self.received = b""
+        self.first_event = Deferred()
+        self.finished = Deferred()
+        self.closed = Deferred()
+
+    def connectionMade(self):
+        self.transport.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(self._body)).encode() + b"\r\n\r\n" + self._body
+        )
+
+    def dataReceived(self, data):
+        self.received += data
+        if b"data: " in self.received and not self.first_event.called:
+            self.first_event.callback(self)
+        if self.received.endswith(b"\r\n0\r\n\r\n") and not self.finished.called:
+            self.finished.callback(self)
+
+    def connectionLost(self, reason):
+        self.closed.callback(None)
+
+
+def open_stream(port, text):
+    return Deferred.fromCoroutine(_open_stream(port, text))
+
+
+async def _open_stream(port, text):
+    client = StreamingClient(chat_body(text, stream=True))
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+    await client.first_event
+    return client
+
+
+class DisconnectTests(TestCase):
+    async def test_clients_leaving_mid_stream_cancel_on_the_worker(self):
+        watcher = LineWatcher(self)
+        url, gateway = await start_gateway(self, write_worker(self, STALLING_WORKER))
+        port = gateway.ports[0].getHost().port
+        clients = await gatherResults([open_stream(port, f"s{i}") for i in range(20)])
+        self.assertEqual(gateway.client.pending_count(), 20)
+        for client in clients:
+            client.transport.abortConnection()
+        await gatherResults([c.closed for c in clients])
+        await watcher.wait_for("cancelled", 20)
+
+        self.assertEqual(sorted(line.split()[1] for line in watcher.lines if line.startswith("cancelled")),
+                         sorted(f"s{i}" for i in range(20)))
+        self.assertEqual(gateway.client.pending_count(), 0)
+        # The gateway still serves.
+        response = await http_client(self).post(url + "/v1/chat/completions", data=chat_body("quick"))
+        self.assertEqual(response.code, 200)
+        await response.content()
+
+
+class CrashTests(TestCase):
+    async def test_kill_9_with_requests_in_flight(self):
+        watcher = LineWatcher(self)
+        url, gateway = await start_gateway(self, write_worker(self, STALLING_WORKER))
+        http = http_client(self)
+        port = gateway.ports[0].getHost().port
+        streams = await gatherResults([open_stream(port, f"s{i}") for i in range(10)])
+        for client in streams:
+            self.addCleanup(client.transport.abortConnection)
+        plain = [http.post(url + "/v1/chat/completions", data=chat_body(f"p{i}")) for i in range(10)]
+        await watcher.wait_for("started p", 10)
+        pid = gateway.worker._worker.pid
+        self.assertEqual(gateway.client.pending_count(), 20)
+        os.kill(pid, signal.SIGKILL)
+
+        for response in await gatherResults(plain):
+            self.assertEqual(response.code, 502)
+            body = json.loads(await response.content())
+            validate("ErrorResponse", body)
+            self.assertIn("exited", body["error"]["message"])
+        for client in streams:
+            await client.finished
+            client.transport.loseConnection()
+            await client.closed
+            last = client.received[client.received.rfind(b"data: ") + 6 :]
+            error = json.loads(last[: last.index(b"\n\n")])
+            validate("ErrorResponse", error)
+            self.assertEqual(error["error"]["code"], "worker_unavailable")
+        self.assertEqual(gateway.client.pending_count(), 0)
+
+        await gateway.whenReady()
+        self.assertEqual(gateway.worker.restarts, 1)
+        self.assertNotEqual(gateway.worker._worker.pid, pid)
+        responses = await gatherResults(
+            [http.post(url + "/v1/chat/completions", data=chat_body("quick")) for _ in range(10)]
+        )
+        for response in responses:
+            self.assertEqual(response.code, 200)
+            body = json.loads(await response.content())
+            self.assertEqual(body["choices"][0]["message"]["content"], "done")
+
+    async def test_garbage_from_the_worker(self):
+        worker = write_worker(
+            self,
+            """
+            import asyncio, os, sys
+            import hfendpoint
+
+            @hfendpoint.handler("chat_completions")
+            async def chat(data):
+                if data["messages"][-1]["content"] == "garbage":
+                    os.write(int(os.environ["HFENDPOINT_FD"]), b"\\xc1\\xc1\\xc1")
+                    await asyncio.Event().wait()
+                yield {"content": "fine", "finish_reason": "stop"}
+
+            asyncio.run(hfendpoint.run())
+            """,
+        )
+        url, gateway = await start_gateway(self, worker)
+        http = http_client(self)
+        response = await http.post(url + "/v1/chat/completions", data=chat_body("garbage"))
+        self.assertEqual(response.code, 502)
+        body = json.loads(await response.content())
+        self.assertIn("malformed", body["error"]["message"])
+        await gateway.whenReady()
+        response = await http.post(url + "/v1/chat/completions", data=chat_body("hello"))
+        self.assertEqual(response.code, 200)
+        self.assertEqual(json.loads(await response.content())["choices"][0]["message"]["content"], "fine")
+
+    async def test_unknown_ids_and_huge_messages(self):
+        worker = write_worker(
+            self,
+            """
+            import asyncio, os
+            import msgpack
+            import hfendpoint
+
+            fd = int(os.environ["HFENDPOINT_FD"])
+
+            @hfendpoint.handler("chat_completions")
+            async def chat(data):
+                text = data["messages"][-1]["content"]
+                if text == "stray":
+                    os.write(fd, msgpack.packb({"id": 999999, "data": {"content": "nobody"}}))
+                if text == "huge":
+                    yield {"content": "x" * (2 * 1024 * 1024), "finish_reason": "stop"}
+                    return
+                yield {"content": "ok", "finish_reason": "stop"}
+
+            asyncio.run(hfendpoint.run())
+            """,
+        )
+        url, gateway = await start_gateway(self, worker, max_worker_message_size=1024 * 1024)
+        http = http_client(self)
+        response = await http.post(url + "/v1/chat/completions", data=chat_body("stray"))
+        self.assertEqual(response.code, 200)
+        self.assertEqual(json.loads(await response.content())["choices"][0]["message"]["content"], "ok")
+        response = await http.post(url + "/v1/chat/completions", data=chat_body("huge"))
+        self.assertEqual(response.code, 502)
+        self.assertIn("exceeds", json.loads(await response.content())["error"]["message"])
+        await gateway.whenReady()
+        response = await http.post(url + "/v1/chat/completions", data=chat_body("after"))
+        self.assertEqual(response.code, 200)
+        await response.content()
+
+    async def test_worker_that_never_replies(self):
+        worker = write_worker(
+            self,
+            """
+            import asyncio
+            import hfendpoint
+
+            @hfendpoint.handler("chat_completions")
+            async def chat(data):
+                await asyncio.Event().wait()
+
+            asyncio.run(hfendpoint.run())
+            """,
+        )
+        url, gateway = await start_gateway(self, worker, reply_timeout=0.5)
+        response = await http_client(self).post(url + "/v1/chat/completions", data=chat_body("x"))
+        self.assertEqual(response.code, 504)
+        body = json.loads(await response.content())
+        validate("ErrorResponse", body)
+        self.assertEqual(body["error"]["code"], "timeout")
+        self.assertEqual(gateway.client.pending_count(), 0)
+
+
+class StopTests(TestCase):
+    async def test_stubborn_worker_and_its_children_are_killed(self):
+        worker = write_worker(
+            self,
+            """
+            import os, signal, subprocess, sys, time
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+            print("child", child.pid, file=sys.stderr, flush=True)
+            time.sleep(600)
+            """,
+        )
+        watcher = LineWatcher(self)
+        url, gateway = await start_gateway(self, worker, stop_timeout=0.2, startup_grace=0.1)
+        await watcher.wait_for("child")
+        child = int(watcher.lines[-1].split()[1])
+        pid = gateway.worker._worker.pid
+        await gateway.stopService()
+        self.assertRaises(ProcessLookupError, os.kill, pid, 0)
+        # The worker's own child was in its process group, and got KILL
+        # with it: it is gone, or a zombie waiting for init to reap it.
+        self.assertIn(process_state(child), ("gone", "Z", "X"))
+
+
+def process_state(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"
