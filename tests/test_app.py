@@ -252,7 +252,7 @@ class ChatValidationTests(Case):
             ({"messages": MESSAGES, "top_logprobs": 3}, "top_logprobs"),
             ({"messages": MESSAGES, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
             ({"messages": MESSAGES, "logit_bias": {"abc": 1}}, "logit_bias"),
-            ({"messages": MESSAGES, "response_format": {"type": "xml"}}, "type"),
+            ({"messages": MESSAGES, "response_format": {"type": "xml"}}, "response_format.type"),
             ({"messages": MESSAGES, "tool_choice": "sometimes"}, "tool_choice"),
             ({"messages": MESSAGES, "stream_options": {"include_usage": True}}, "stream_options"),
             ({"messages": MESSAGES, "model": 5}, "model"),

@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from hfendpoint.cli import build_parser, listen_description
 from hfendpoint.sizes import parse_size
 
-from .workers import write_worker
+from .gateway import write_worker
 
 
 def hfendpoint(*args):
@@ -77,14 +77,14 @@ class CommandTests(TestCase):
         self.assertIn(b"'/nonexistent/worker' does not exist", err)
 
     async def test_worker_not_executable(self):
-        script = write_worker(self, "print('hi')\n")
+        [script] = write_worker(self, "print('hi')\n")
         os.chmod(script, 0o644)
         out, err, code = await hfendpoint(script)
         self.assertEqual(code, 2)
         self.assertIn(b"is not executable", err)
 
     async def test_worker_exits_during_startup(self):
-        script = write_worker(self, "import sys\nsys.stderr.write('cannot load model\\n')\nsys.exit(3)\n")
+        [script] = write_worker(self, "import sys\nsys.stderr.write('cannot load model\\n')\nsys.exit(3)\n")
         out, err, code = await hfendpoint("--host", "127.0.0.1", "--port", "0", script)
         self.assertEqual(code, 1)
         self.assertIn(b"worker: cannot load model", err)

@@ -130,7 +130,7 @@ def validate_chat_request(body: dict) -> dict:
                 "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
                 param="stream_options",
             )
-        fields.get_bool(options, "include_usage")
+        fields.get_bool(options, "include_usage", prefix="stream_options.")
     data = dict(body)
     data["stream"] = stream
     if max_tokens is None and max_completion is not None:
@@ -158,7 +158,7 @@ def validate_response_format(body: dict, name: str = "response_format") -> None:
     fmt = fields.get_object(body, name)
     if fmt is None:
         return
-    kind = fields.get_enum(fmt, "type", ("text", "json_object", "json_schema"))
+    kind = fields.get_enum(fmt, "type", ("text", "json_object", "json_schema"), prefix=f"{name}.")
     if kind is None:
         raise fields.missing(f"{name}.type")
     if kind == "json_schema" and not isinstance(fmt.get("json_schema"), dict):

@@ -10,8 +10,6 @@ from typing import Any, Iterable, Optional
 
 from .errors import invalid_request
 
-_MISSING = object()
-
 _TYPE_NAMES = {
     str: "a string",
     bool: "a boolean",
@@ -52,47 +50,47 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def optional(body: dict, name: str) -> Any:
-    """
-    A field's value, with an explicit C{null} taken as absent, as the API
-    does for optional fields.
-    """
-    return body.get(name)
-
-
 def get_string(
-    body: dict, name: str, *, required: bool = False, default: Optional[str] = None, non_empty: bool = False
+    body: dict,
+    name: str,
+    *,
+    required: bool = False,
+    default: Optional[str] = None,
+    non_empty: bool = False,
+    prefix: str = "",
 ) -> Optional[str]:
     value = body.get(name)
+    label = prefix + name
     if value is None:
         if required:
-            raise missing(name)
+            raise missing(label)
         return default
     if not isinstance(value, str):
-        raise wrong_type(name, "a string", value)
+        raise wrong_type(label, "a string", value)
     if non_empty and not value:
-        raise invalid_value(name, "empty string. Expected a string with minimum length 1, but got an empty string instead.")
+        raise invalid_value(label, "empty string. Expected a string with minimum length 1, but got an empty string instead.")
     return value
 
 
-def get_bool(body: dict, name: str, default: Optional[bool] = None) -> Optional[bool]:
+def get_bool(body: dict, name: str, default: Optional[bool] = None, prefix: str = "") -> Optional[bool]:
     value = body.get(name)
+    label = prefix + name
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise wrong_type(name, "a boolean", value)
+        raise wrong_type(label, "a boolean", value)
     return value
 
 
-def _check_range(name: str, value: float, minimum: Optional[float], maximum: Optional[float], kind: str) -> None:
+def _check_range(label: str, value: float, minimum: Optional[float], maximum: Optional[float], kind: str) -> None:
     if minimum is not None and value < minimum:
         raise invalid_value(
-            name,
+            label,
             f"{kind} below minimum value. Expected a value >= {minimum:g}, but got {value:g} instead.",
         )
     if maximum is not None and value > maximum:
         raise invalid_value(
-            name,
+            label,
             f"{kind} above maximum value. Expected a value <= {maximum:g}, but got {value:g} instead.",
         )
 
@@ -103,15 +101,17 @@ def get_int(
     default: Optional[int] = None,
     minimum: Optional[int] = None,
     maximum: Optional[int] = None,
+    prefix: str = "",
 ) -> Optional[int]:
     value = body.get(name)
+    label = prefix + name
     if value is None:
         return default
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if not is_int(value):
-        raise wrong_type(name, "an integer", value)
-    _check_range(name, value, minimum, maximum, "integer")
+        raise wrong_type(label, "an integer", value)
+    _check_range(label, value, minimum, maximum, "integer")
     return value
 
 
@@ -121,44 +121,49 @@ def get_number(
     default: Optional[float] = None,
     minimum: Optional[float] = None,
     maximum: Optional[float] = None,
+    prefix: str = "",
 ) -> Optional[float]:
     value = body.get(name)
+    label = prefix + name
     if value is None:
         return default
     if not is_number(value):
-        raise wrong_type(name, "a decimal", value)
-    _check_range(name, value, minimum, maximum, "decimal")
+        raise wrong_type(label, "a decimal", value)
+    _check_range(label, value, minimum, maximum, "decimal")
     return value
 
 
-def get_enum(body: dict, name: str, choices: Iterable[str], default: Optional[str] = None) -> Optional[str]:
+def get_enum(body: dict, name: str, choices: Iterable[str], default: Optional[str] = None, prefix: str = "") -> Optional[str]:
     value = body.get(name)
+    label = prefix + name
     if value is None:
         return default
     choices = tuple(choices)
     if not isinstance(value, str):
-        raise wrong_type(name, "a string", value)
+        raise wrong_type(label, "a string", value)
     if value not in choices:
         listed = ", ".join(f"'{c}'" for c in choices)
         raise invalid_value(
-            name, f"value must be one of {listed}, but got '{value}' instead."
+            label, f"value must be one of {listed}, but got '{value}' instead."
         )
     return value
 
 
-def get_object(body: dict, name: str) -> Optional[dict]:
+def get_object(body: dict, name: str, prefix: str = "") -> Optional[dict]:
     value = body.get(name)
+    label = prefix + name
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise wrong_type(name, "an object", value)
+        raise wrong_type(label, "an object", value)
     return value
 
 
-def get_list(body: dict, name: str) -> Optional[list]:
+def get_list(body: dict, name: str, prefix: str = "") -> Optional[list]:
     value = body.get(name)
+    label = prefix + name
     if value is None:
         return None
     if not isinstance(value, list):
-        raise wrong_type(name, "an array", value)
+        raise wrong_type(label, "an array", value)
     return value
