@@ -263,3 +263,44 @@ class WorkerInfoTests(SynchronousTestCase):
             self.assertIsNone(info.model)
             self.assertFalse(info.cancel)
             self.assertTrue(info.serves("anything"))
+
+
+class MoreTimeoutTests(SynchronousTestCase):
+    def harness(self, **kwargs):
+        h = Harness()
+        h.client = WorkerClient(h.clock, **kwargs)
+        h.protocol = WorkerProtocol(h.client)
+        h.transport = StringTransport()
+        h.protocol.makeConnection(h.transport)
+        return h
+
+    def test_first_reply_timeout(self):
+        h = self.harness(reply_timeout=100, first_reply_timeout=5)
+        d = h.client.request("chat_completions", {}, lambda c: False)
+        h.clock.advance(5)
+        error = self.failureResultOf(d, OpenAIError).value
+        self.assertEqual(error.status, 504)
+        self.assertIn("start replying within 5 seconds", error.message)
+
+    def test_first_reply_timeout_does_not_apply_later(self):
+        h = self.harness(reply_timeout=100, first_reply_timeout=5)
+        d = h.client.request("chat_completions", {}, lambda c: False)
+        h.clock.advance(4)
+        h.reply(id=1, data={"content": "a"})
+        h.clock.advance(50)
+        self.assertNoResult(d)
+        h.clock.advance(50)
+        self.assertIn("reply within 100 seconds", self.failureResultOf(d, OpenAIError).value.message)
+
+    def test_request_timeout_bounds_a_whole_stream(self):
+        h = self.harness(reply_timeout=10, request_timeout=25)
+        d = h.client.request("chat_completions", {}, lambda c: False)
+        for _ in range(3):
+            h.clock.advance(8)
+            h.reply(id=1, data={"content": "a"})
+        self.assertNoResult(d)
+        h.clock.advance(1)
+        error = self.failureResultOf(d, OpenAIError).value
+        self.assertEqual(error.status, 504)
+        self.assertIn("finish the request within 25 seconds", error.message)
+        self.assertEqual(h.client.pending_count(), 0)

@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from zope.interface.verify import verifyObject
 
-from . import chat, embeddings, images, responses
+from . import chat, completions, embeddings, images, openapi, responses
 from .errors import OpenAIError, not_found
 from .interfaces import IImageStore, IWorkerClient
 from .web import EventStream, parse_form, parse_json_body, send_error, send_json
@@ -125,6 +125,10 @@ class GatewayApp:
     def health(self, request: Any) -> bytes:
         return b""
 
+    @app.route("/openapi.json", methods=["GET"])
+    def openapi_document(self, request: Any) -> bytes:
+        return send_json(request, openapi.document())
+
     @app.route("/ready", methods=["GET"])
     def ready(self, request: Any) -> bytes:
         if self.is_ready():
@@ -157,6 +161,16 @@ class GatewayApp:
         self._require(chat.CALL)
         completion = chat.ChatCompletion(self.client, data, self.model_name, self._now())
         if data["stream"]:
+            await completion.stream(EventStream(request))
+            return None
+        return send_json(request, await completion.complete())
+
+    @app.route("/v1/completions", methods=["POST"])
+    async def create_completion(self, request: Any) -> Any:
+        wanted = completions.validate_request(parse_json_body(request))
+        self._require(chat.CALL)
+        completion = completions.Completion(self.client, wanted, self.model_name, self._now())
+        if wanted["stream"]:
             await completion.stream(EventStream(request))
             return None
         return send_json(request, await completion.complete())

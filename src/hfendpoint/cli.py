@@ -39,6 +39,37 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    value = _int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {text!r}")
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hfendpoint",
@@ -70,8 +101,57 @@ def build_parser() -> argparse.ArgumentParser:
         help="longest wait for each reply from the worker (default: 300)",
     )
     parser.add_argument(
+        "--first-reply-timeout",
+        type=_positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="longest wait for the first reply of a request (time to first token; default: --reply-timeout)",
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=_positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="longest time a whole request may take (default: no limit beyond --reply-timeout)",
+    )
+    parser.add_argument(
+        "--max-concurrent-requests",
+        type=_positive_int,
+        default=1024,
+        metavar="N",
+        help="requests served at once; more wait in a queue (default: 1024)",
+    )
+    parser.add_argument(
+        "--max-queued-requests",
+        type=_non_negative_int,
+        default=1024,
+        metavar="N",
+        help="requests waiting for a turn; more get 429 with Retry-After (default: 1024)",
+    )
+    parser.add_argument(
+        "--queue-timeout",
+        type=_positive_float,
+        default=60.0,
+        metavar="SECONDS",
+        help="longest wait in the queue before a 503 (default: 60)",
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=_non_negative_float,
+        default=30.0,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT, how long requests in flight may finish (default: 30)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=_positive_float,
+        default=75.0,
+        metavar="SECONDS",
+        help="close client connections idle (or sending nothing) for this long (default: 75)",
+    )
+    parser.add_argument(
         "--max-restarts",
-        type=int,
+        type=_non_negative_int,
         default=None,
         metavar="N",
         help="give up and exit after N restarts of a failing worker in a row "
@@ -120,6 +200,13 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
         max_image_capacity=args.max_image_capacity,
         model_name=args.model_name,
         reply_timeout=args.reply_timeout,
+        first_reply_timeout=args.first_reply_timeout,
+        request_timeout=args.request_timeout,
+        max_in_flight=args.max_concurrent_requests,
+        max_waiting=args.max_queued_requests,
+        queue_timeout=args.queue_timeout,
+        drain_timeout=args.drain_timeout,
+        idle_timeout=args.idle_timeout,
         max_restarts=args.max_restarts,
     )
     gateway.stop_reactor_on_failure = True

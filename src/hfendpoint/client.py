@@ -82,7 +82,7 @@ class WorkerInfo:
 
 
 class _Pending:
-    __slots__ = ("ident", "on_reply", "deferred", "timer", "protocol")
+    __slots__ = ("ident", "on_reply", "deferred", "timer", "protocol", "deadline", "replies")
 
     def __init__(
         self,
@@ -93,6 +93,8 @@ class _Pending:
         protocol: WorkerProtocol,
     ) -> None:
         self.protocol = protocol
+        self.deadline: Optional[float] = None
+        self.replies = 0
         self.ident = ident
         self.on_reply = on_reply
         self.deferred = deferred
@@ -102,16 +104,29 @@ class _Pending:
 @implementer(IWorkerClient, IMessageReceiver)
 class WorkerClient:
     """
-    @ivar reply_timeout: seconds allowed between a request and its first
-        reply, and between two replies; past it the call fails with a 504
-        and the worker is told to stop it.
+    Past any of its timeouts a call fails with a 504 and the worker is
+    told to stop it.
+
+    @ivar reply_timeout: seconds allowed between two replies (and for the
+        first one, unless C{first_reply_timeout} is set).
+    @ivar first_reply_timeout: seconds allowed for the first reply (time to
+        first token), or C{None} for C{reply_timeout}.
+    @ivar request_timeout: seconds allowed for a whole call, or C{None}.
     """
 
     _log = Logger()
 
-    def __init__(self, reactor: IReactorTime, reply_timeout: float = 300.0) -> None:
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        reply_timeout: float = 300.0,
+        first_reply_timeout: Optional[float] = None,
+        request_timeout: Optional[float] = None,
+    ) -> None:
         self._reactor = reactor
         self.reply_timeout = reply_timeout
+        self.first_reply_timeout = first_reply_timeout
+        self.request_timeout = request_timeout
         self._pending: dict[int, _Pending] = {}
         self._next_id = 1
         self._protocol: Optional[WorkerProtocol] = None
@@ -167,8 +182,13 @@ class WorkerClient:
         ident = self._next_id
         self._next_id += 1
         deferred: Deferred = Deferred(lambda d: self._cancelled(ident))
-        timer = self._reactor.callLater(self.reply_timeout, self._expired, ident)
+        first = self.first_reply_timeout or self.reply_timeout
+        if self.request_timeout is not None:
+            first = min(first, self.request_timeout)
+        timer = self._reactor.callLater(first, self._expired, ident)
         call = _Pending(ident, on_reply, deferred, timer, protocol)
+        if self.request_timeout is not None:
+            call.deadline = self._reactor.seconds() + self.request_timeout
         self._pending[ident] = call
         try:
             protocol.send({"id": ident, "name": name, "data": data})
@@ -189,6 +209,7 @@ class WorkerClient:
     # Internals
 
     def _deliver(self, call: _Pending, data: Any) -> None:
+        call.replies += 1
         try:
             done = call.on_reply(data)
         except OpenAIError as e:
@@ -202,15 +223,22 @@ class WorkerClient:
             self._finish(call)
             call.deferred.callback(None)
         elif call.ident in self._pending:
-            call.timer.reset(self.reply_timeout)
+            wait = self.reply_timeout
+            if call.deadline is not None:
+                wait = min(wait, call.deadline - self._reactor.seconds())
+            call.timer.reset(max(wait, 0))
 
     def _expired(self, ident: int) -> None:
         call = self._pending.get(ident)
-        if call is not None:
-            self._abandon(
-                call,
-                timed_out(f"The worker did not reply within {self.reply_timeout:g} seconds."),
-            )
+        if call is None:
+            return
+        if call.deadline is not None and self._reactor.seconds() >= call.deadline:
+            why = f"The worker did not finish the request within {self.request_timeout:g} seconds."
+        elif call.replies == 0 and self.first_reply_timeout:
+            why = f"The worker did not start replying within {self.first_reply_timeout:g} seconds."
+        else:
+            why = f"The worker did not reply within {self.reply_timeout:g} seconds."
+        self._abandon(call, timed_out(why))
 
     def _abandon(self, call: _Pending, error: OpenAIError) -> None:
         """

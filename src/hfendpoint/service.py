@@ -13,6 +13,7 @@ from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
+from .admission import AdmissionResource
 from .app import GatewayApp
 from .client import WorkerClient
 from .imagestore import MemoryImageStore
@@ -62,6 +63,13 @@ class GatewayService(MultiService):
         max_image_capacity: int = DEFAULT_IMAGE_CAPACITY,
         model_name: Optional[str] = None,
         reply_timeout: float = 300.0,
+        first_reply_timeout: Optional[float] = None,
+        request_timeout: Optional[float] = None,
+        max_in_flight: int = 1024,
+        max_waiting: int = 1024,
+        queue_timeout: float = 60.0,
+        drain_timeout: float = 30.0,
+        idle_timeout: float = 75.0,
         startup_grace: float = 2.0,
         stop_timeout: float = 10.0,
         max_restarts: Optional[int] = None,
@@ -70,7 +78,13 @@ class GatewayService(MultiService):
     ) -> None:
         super().__init__()
         self._reactor = reactor
-        self.client = WorkerClient(reactor, reply_timeout=reply_timeout)
+        self.client = WorkerClient(
+            reactor,
+            reply_timeout=reply_timeout,
+            first_reply_timeout=first_reply_timeout,
+            request_timeout=request_timeout,
+        )
+        self.drain_timeout = drain_timeout
         self.worker = WorkerService(
             reactor,
             list(worker_command) if worker_command else demo_worker_command(),
@@ -86,7 +100,16 @@ class GatewayService(MultiService):
         self.api = GatewayApp(
             self.client, self.store, model_name=model_name, is_ready=lambda: self.worker.ready
         )
-        self.site = GatewaySite(self.api.resource(), max_body_size=max_body_size)
+        self.admission = AdmissionResource(
+            reactor,
+            self.api.resource(),
+            max_in_flight=max_in_flight,
+            max_waiting=max_waiting,
+            queue_timeout=queue_timeout,
+        )
+        self.site = GatewaySite(
+            self.admission, max_body_size=max_body_size, timeout=idle_timeout, reactor=reactor
+        )
         self._failure_waiters: list[Deferred] = []
         self._listeners = []
         for description in listen:
@@ -100,6 +123,45 @@ class GatewayService(MultiService):
             lambda f: self._failed(f"cannot listen: {getattr(f.value, 'subFailure', f).value}")
         )
         self.worker.whenFailed().addCallback(lambda e: self._failed(str(e)))
+
+    def stopService(self) -> Deferred:
+        """
+        Stop in order: stop listening, refuse new costly requests, let those
+        in flight finish (up to C{drain_timeout} seconds), then stop the
+        worker, and fire once it is gone.
+        """
+        Service.stopService(self)
+        self.admission.close()
+        listening = gatherResults(
+            [listener.stopService() for listener in self._listeners if listener.running],
+            consumeErrors=True,
+        )
+        listening.addErrback(lambda f: self._log.failure("Stopping a listener failed", f))
+        listening.addCallback(lambda _: self._drain())
+        listening.addCallback(lambda _: self.worker.stopService())
+        return listening
+
+    def _drain(self) -> Deferred:
+        if self.admission.in_flight or self.admission.waiting:
+            self._log.info(
+                "Waiting up to {timeout}s for {count} request(s) in flight",
+                timeout=self.drain_timeout,
+                count=self.admission.in_flight + self.admission.waiting,
+            )
+        idle = self.admission.when_idle()
+        timer = self._reactor.callLater(self.drain_timeout, idle.cancel)
+
+        def done(result: Any) -> None:
+            if timer.active():
+                timer.cancel()
+            else:
+                self._log.warn(
+                    "Stopping with {count} request(s) still in flight",
+                    count=self.admission.in_flight,
+                )
+            return None
+
+        return idle.addBoth(done)
 
     def whenFailed(self) -> Deferred:
         """

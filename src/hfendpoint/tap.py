@@ -37,6 +37,13 @@ class Options(usage.Options):
         ["max-body-size", None, "10M", "Largest request body accepted.", _size],
         ["model-name", None, None, "The model name responses carry."],
         ["reply-timeout", None, 300.0, "Longest wait for each worker reply, in seconds.", float],
+        ["first-reply-timeout", None, None, "Longest wait for a request's first reply, in seconds.", float],
+        ["request-timeout", None, None, "Longest time a whole request may take, in seconds.", float],
+        ["max-concurrent-requests", None, 1024, "Requests served at once.", int],
+        ["max-queued-requests", None, 1024, "Requests waiting for a turn before 429s.", int],
+        ["queue-timeout", None, 60.0, "Longest wait in the queue, in seconds.", float],
+        ["drain-timeout", None, 30.0, "How long requests in flight may finish on stop.", float],
+        ["idle-timeout", None, 75.0, "Close connections idle this long, in seconds.", float],
         ["max-restarts", None, None, "Give up after N restarts in a row of a failing worker.", int],
     ]
 
@@ -46,9 +53,7 @@ class Options(usage.Options):
 
     def opt_listen(self, description: str) -> None:
         """
-        A Twisted endpoint description to serve HTTP on (tcp:3000,
-        unix:/run/hfendpoint.sock, ssl:443:privateKey=...); may be repeated.
-        Default: tcp:3000.
+        Where to serve HTTP, as a Twisted endpoint description (tcp:3000, unix:/run/hfendpoint.sock, ssl:443:privateKey=key.pem); may be repeated. Default: tcp:3000.
         """
         self["listen"].append(description)
 
@@ -84,6 +89,13 @@ def makeService(options: Options) -> Any:
         max_image_capacity=options["max-image-capacity"],
         model_name=options["model-name"],
         reply_timeout=options["reply-timeout"],
+        first_reply_timeout=options["first-reply-timeout"],
+        request_timeout=options["request-timeout"],
+        max_in_flight=options["max-concurrent-requests"],
+        max_waiting=options["max-queued-requests"],
+        queue_timeout=options["queue-timeout"],
+        drain_timeout=options["drain-timeout"],
+        idle_timeout=options["idle-timeout"],
         max_restarts=options["max-restarts"],
     )
     gateway.stop_reactor_on_failure = True
