@@ -3,7 +3,7 @@ Framing of the worker socket, fed in every split.
 """
 
 import msgpack
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -13,8 +13,6 @@ from zope.interface.verify import verifyObject
 
 from hfendpoint.protocol import IMessageReceiver, ProtocolViolation, WorkerProtocol
 
-settings.register_profile("hfendpoint", derandomize=True, deadline=None, max_examples=60)
-settings.load_profile("hfendpoint")
 
 
 @implementer(IMessageReceiver)

@@ -74,6 +74,16 @@ class GatewayApp:
                 "unsupported_endpoint",
             )
 
+    async def _stream(self, request: Any, run: Callable[[EventStream], Any]) -> None:
+        """
+        Run a streaming translator on the response's event stream.
+        """
+        events = EventStream(request)
+        try:
+            await run(events)
+        finally:
+            events.close()
+
     # Errors
 
     @app.handle_errors(OpenAIError)
@@ -161,7 +171,7 @@ class GatewayApp:
         self._require(chat.CALL)
         completion = chat.ChatCompletion(self.client, data, self.model_name, self._now())
         if data["stream"]:
-            await completion.stream(EventStream(request))
+            await self._stream(request, completion.stream)
             return None
         return send_json(request, await completion.complete())
 
@@ -171,7 +181,7 @@ class GatewayApp:
         self._require(chat.CALL)
         completion = completions.Completion(self.client, wanted, self.model_name, self._now())
         if wanted["stream"]:
-            await completion.stream(EventStream(request))
+            await self._stream(request, completion.stream)
             return None
         return send_json(request, await completion.complete())
 
@@ -182,7 +192,7 @@ class GatewayApp:
         self._require(chat.CALL)
         responder = responses.Responder(self.client, body, data, self.model_name, self._now())
         if data["stream"]:
-            await responder.stream(EventStream(request))
+            await self._stream(request, responder.stream)
             return None
         return send_json(request, await responder.complete())
 

@@ -10,12 +10,16 @@ import json
 from email import message_from_bytes
 from typing import Any, Optional
 
-from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
 from twisted.web.server import Request, Site
+from zope.interface import implementer
 
 from .errors import OpenAIError, invalid_request
 
 DEFAULT_MAX_BODY_SIZE = 10 * 1024 * 1024
+
+_log = Logger()
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
@@ -72,22 +76,35 @@ def send_error(request: Any, error: OpenAIError) -> bytes:
     return error.to_json()
 
 
+@implementer(IPushProducer)
 class EventStream:
     """
-    Server-sent events on one response.
+    Server-sent events on one response, with flow control.
 
     Headers go out with the first event, so a failure before any event
     can still be answered with a proper JSON error and status.
 
+    It is the response's push producer: while the client reads slowly
+    (the transport paused us), events are held and then written together
+    in one write, so a slow client costs one buffer and not a write per
+    token, and never stalls the others. A client that falls more than
+    C{max_buffer} bytes behind is disconnected, which cancels its request
+    on the worker.
+
     @ivar started: whether anything was written.
-    @ivar closed: whether the client went away.
+    @ivar closed: whether the client went away (or was dropped).
     """
 
-    def __init__(self, request: Any) -> None:
+    def __init__(self, request: Any, max_buffer: int = 8 * 1024 * 1024) -> None:
         self._request = request
+        self._max_buffer = max_buffer
+        self._held: list[bytes] = []
+        self._held_size = 0
+        self._paused = False
         self.started = False
         self.closed = False
         request.notifyFinish().addErrback(self._gone)
+        request.registerProducer(self, True)
 
     def _gone(self, failure: Any) -> None:
         self.closed = True
@@ -113,6 +130,12 @@ class EventStream:
             return
         if not self.started:
             self._start()
+        if self._paused:
+            self._held.append(data)
+            self._held_size += len(data)
+            if self._held_size > self._max_buffer:
+                self._overflow()
+            return
         self._request.write(data)
 
     def done(self) -> None:
@@ -120,6 +143,41 @@ class EventStream:
         The end marker the official client stops on.
         """
         self.write_raw(b"data: [DONE]\n\n")
+
+    def close(self) -> None:
+        """
+        Write what is held and stop being the response's producer; call it
+        before the response finishes.
+        """
+        self._flush()
+        if not self.closed:
+            self._request.unregisterProducer()
+
+    def _flush(self) -> None:
+        if self._held and not self.closed:
+            data = b"".join(self._held)
+            self._held = []
+            self._held_size = 0
+            self._request.write(data)
+
+    def _overflow(self) -> None:
+        self.closed = True
+        self._held = []
+        self._held_size = 0
+        _log.warn("Dropping a client that fell too far behind its event stream")
+        self._request.channel.transport.abortConnection()
+
+    # IPushProducer
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._flush()
+
+    def stopProducing(self) -> None:
+        self.closed = True
 
 
 class FormPart:
