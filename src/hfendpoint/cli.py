@@ -150,6 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="close client connections idle (or sending nothing) for this long (default: 75)",
     )
     parser.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="worker processes to run, each told its index in HFENDPOINT_WORKER_INDEX (default: 1)",
+    )
+    parser.add_argument(
         "--max-restarts",
         type=_non_negative_int,
         default=None,
@@ -208,6 +215,7 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
         drain_timeout=args.drain_timeout,
         idle_timeout=args.idle_timeout,
         max_restarts=args.max_restarts,
+        workers=args.workers,
     )
     gateway.stop_reactor_on_failure = True
     outcome = {"code": 0}

@@ -17,6 +17,7 @@ from .admission import AdmissionResource
 from .app import GatewayApp
 from .client import WorkerClient
 from .imagestore import MemoryImageStore
+from .pool import WorkerPool
 from .process import demo_worker_command
 from .protocol import DEFAULT_MAX_MESSAGE_SIZE
 from .supervisor import WorkerService
@@ -39,8 +40,10 @@ class GatewayService(MultiService):
     worker exit (TERM, then KILL after C{stop_timeout}), and fires only
     when the worker is gone.
 
-    @ivar worker: the L{WorkerService}.
-    @ivar client: the L{WorkerClient}.
+    @ivar workers: the L{WorkerService} of each worker process.
+    @ivar worker: the first of them.
+    @ivar client: the L{WorkerClient}, or with several workers the
+        L{WorkerPool} over theirs.
     @ivar site: the L{GatewaySite} serving the API.
     @ivar ports: the listening ports once started (for tests that listen
         on port 0).
@@ -75,30 +78,41 @@ class GatewayService(MultiService):
         max_restarts: Optional[int] = None,
         worker_env: Optional[dict[str, str]] = None,
         max_worker_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        workers: int = 1,
     ) -> None:
         super().__init__()
         self._reactor = reactor
-        self.client = WorkerClient(
-            reactor,
-            reply_timeout=reply_timeout,
-            first_reply_timeout=first_reply_timeout,
-            request_timeout=request_timeout,
-        )
+        command = list(worker_command) if worker_command else demo_worker_command()
+        members = []
+        for index in range(workers):
+            client = WorkerClient(
+                reactor,
+                reply_timeout=reply_timeout,
+                first_reply_timeout=first_reply_timeout,
+                request_timeout=request_timeout,
+            )
+            env = dict(worker_env or {})
+            env["HFENDPOINT_WORKER_INDEX"] = str(index)
+            env["HFENDPOINT_WORKERS"] = str(workers)
+            service = WorkerService(
+                reactor,
+                command,
+                client,
+                env=env,
+                max_message_size=max_worker_message_size,
+                startup_grace=startup_grace,
+                stop_timeout=stop_timeout,
+                max_restarts=max_restarts,
+            )
+            service.setServiceParent(self)
+            members.append((service, client))
+        self.workers = [service for service, _ in members]
+        self.worker = self.workers[0]
+        self.client = members[0][1] if workers == 1 else WorkerPool(members)
         self.drain_timeout = drain_timeout
-        self.worker = WorkerService(
-            reactor,
-            list(worker_command) if worker_command else demo_worker_command(),
-            self.client,
-            env=worker_env,
-            max_message_size=max_worker_message_size,
-            startup_grace=startup_grace,
-            stop_timeout=stop_timeout,
-            max_restarts=max_restarts,
-        )
-        self.worker.setServiceParent(self)
         self.store = MemoryImageStore(max_image_capacity)
         self.api = GatewayApp(
-            self.client, self.store, model_name=model_name, is_ready=lambda: self.worker.ready
+            self.client, self.store, model_name=model_name, is_ready=lambda: any(w.ready for w in self.workers)
         )
         self.admission = AdmissionResource(
             reactor,
@@ -122,7 +136,8 @@ class GatewayService(MultiService):
         self.whenListening().addErrback(
             lambda f: self._failed(f"cannot listen: {getattr(f.value, 'subFailure', f).value}")
         )
-        self.worker.whenFailed().addCallback(lambda e: self._failed(str(e)))
+        for worker in self.workers:
+            worker.whenFailed().addCallback(lambda e: self._failed(str(e)))
 
     def stopService(self) -> Deferred:
         """
@@ -138,7 +153,9 @@ class GatewayService(MultiService):
         )
         listening.addErrback(lambda f: self._log.failure("Stopping a listener failed", f))
         listening.addCallback(lambda _: self._drain())
-        listening.addCallback(lambda _: self.worker.stopService())
+        listening.addCallback(
+            lambda _: gatherResults([w.stopService() for w in self.workers], consumeErrors=True)
+        )
         return listening
 
     def _drain(self) -> Deferred:
@@ -195,9 +212,12 @@ class GatewayService(MultiService):
 
     def whenReady(self) -> Deferred:
         """
-        @return: a Deferred firing once the worker can take requests.
+        @return: a Deferred firing once every worker can take requests, or
+            failing if one never will.
         """
-        return self.worker.whenReady()
+        return gatherResults([w.whenReady() for w in self.workers], consumeErrors=True).addErrback(
+            lambda f: f.value.subFailure if hasattr(f.value, "subFailure") else f
+        )
 
 
 class _RecordingEndpointService(StreamServerEndpointService):

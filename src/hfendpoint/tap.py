@@ -44,6 +44,7 @@ class Options(usage.Options):
         ["queue-timeout", None, 60.0, "Longest wait in the queue, in seconds.", float],
         ["drain-timeout", None, 30.0, "How long requests in flight may finish on stop.", float],
         ["idle-timeout", None, 75.0, "Close connections idle this long, in seconds.", float],
+        ["workers", None, 1, "Worker processes to run (HFENDPOINT_WORKER_INDEX tells each its index).", int],
         ["max-restarts", None, None, "Give up after N restarts in a row of a failing worker.", int],
     ]
 
@@ -97,6 +98,7 @@ def makeService(options: Options) -> Any:
         drain_timeout=options["drain-timeout"],
         idle_timeout=options["idle-timeout"],
         max_restarts=options["max-restarts"],
+        workers=options["workers"],
     )
     gateway.stop_reactor_on_failure = True
     return gateway
