@@ -157,6 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="worker processes to run, each told its index in HFENDPOINT_WORKER_INDEX (default: 1)",
     )
     parser.add_argument(
+        "--embeddings-batch-tokens",
+        type=_non_negative_int,
+        default=16384,
+        metavar="N",
+        help="batch concurrent embeddings requests into worker calls of up to N tokens "
+        "while the worker is busy (default: 16384; 0: no batching)",
+    )
+    parser.add_argument(
         "--max-restarts",
         type=_non_negative_int,
         default=None,
@@ -216,6 +224,7 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
         idle_timeout=args.idle_timeout,
         max_restarts=args.max_restarts,
         workers=args.workers,
+        batch_tokens=args.embeddings_batch_tokens,
     )
     gateway.stop_reactor_on_failure = True
     outcome = {"code": 0}

@@ -18,6 +18,7 @@ from array import array
 from typing import Any, Optional
 
 from . import fields
+from .batching import EmbeddingBatcher
 from .errors import invalid_request, worker_failed
 from .interfaces import IWorkerClient
 from .usage import make_usage
@@ -146,14 +147,13 @@ def encode(vector: array, encoding: str) -> Any:
     return vector.tolist()
 
 
-async def create_embeddings(client: IWorkerClient, request: dict, model: str) -> dict:
+async def create_embeddings(
+    client: IWorkerClient, batcher: EmbeddingBatcher, request: dict, model: str
+) -> dict:
     tokens = request["tokens"]
     if tokens is None:
         tokens = await tokenize(client, request["texts"])
-    reply = await client.call("embeddings", {"input": tokens})
-    vectors = reply.get("embeddings") if isinstance(reply, dict) else None
-    if not isinstance(vectors, list) or len(vectors) != len(tokens):
-        raise worker_failed("The worker's embeddings reply does not have one vector per input.")
+    vectors = await batcher.embed(tokens)
     data = []
     for i, raw in enumerate(vectors):
         vector = shorten(to_floats(raw, i), request["dimensions"])

@@ -15,6 +15,7 @@ from twisted.logger import Logger
 
 from .admission import AdmissionResource
 from .app import GatewayApp
+from .batching import EmbeddingBatcher
 from .client import WorkerClient
 from .imagestore import MemoryImageStore
 from .pool import WorkerPool
@@ -79,6 +80,7 @@ class GatewayService(MultiService):
         worker_env: Optional[dict[str, str]] = None,
         max_worker_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         workers: int = 1,
+        batch_tokens: int = 16384,
     ) -> None:
         super().__init__()
         self._reactor = reactor
@@ -111,8 +113,18 @@ class GatewayService(MultiService):
         self.client = members[0][1] if workers == 1 else WorkerPool(members)
         self.drain_timeout = drain_timeout
         self.store = MemoryImageStore(max_image_capacity)
+        batcher = EmbeddingBatcher(
+            self.client,
+            max_tokens=batch_tokens or 1,
+            # Without batching, every call goes at once.
+            max_concurrent=workers if batch_tokens else 2**31,
+        )
         self.api = GatewayApp(
-            self.client, self.store, model_name=model_name, is_ready=lambda: any(w.ready for w in self.workers)
+            self.client,
+            self.store,
+            model_name=model_name,
+            is_ready=lambda: any(w.ready for w in self.workers),
+            batcher=batcher,
         )
         self.admission = AdmissionResource(
             reactor,

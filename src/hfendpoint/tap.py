@@ -45,6 +45,7 @@ class Options(usage.Options):
         ["drain-timeout", None, 30.0, "How long requests in flight may finish on stop.", float],
         ["idle-timeout", None, 75.0, "Close connections idle this long, in seconds.", float],
         ["workers", None, 1, "Worker processes to run (HFENDPOINT_WORKER_INDEX tells each its index).", int],
+        ["embeddings-batch-tokens", None, 16384, "Batch concurrent embeddings into calls of up to N tokens (0: off).", int],
         ["max-restarts", None, None, "Give up after N restarts in a row of a failing worker.", int],
     ]
 
@@ -99,6 +100,7 @@ def makeService(options: Options) -> Any:
         idle_timeout=options["idle-timeout"],
         max_restarts=options["max-restarts"],
         workers=options["workers"],
+        batch_tokens=options["embeddings-batch-tokens"],
     )
     gateway.stop_reactor_on_failure = True
     return gateway
