@@ -16,6 +16,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from zope.interface.verify import verifyObject
 
 from . import chat, completions, embeddings, images, openapi, responses
+from .batching import EmbeddingBatcher
 from .errors import OpenAIError, not_found
 from .interfaces import IImageStore, IWorkerClient
 from .web import EventStream, parse_form, parse_json_body, send_error, send_json
@@ -42,6 +43,7 @@ class GatewayApp:
         model_name: Optional[str] = None,
         is_ready: Callable[[], bool] = lambda: True,
         clock: Callable[[], float] = time.time,
+        batcher: Optional[EmbeddingBatcher] = None,
     ) -> None:
         verifyObject(IWorkerClient, client)
         verifyObject(IImageStore, store)
@@ -50,6 +52,7 @@ class GatewayApp:
         self._model_name = model_name
         self.is_ready = is_ready
         self._clock = clock
+        self.batcher = batcher or EmbeddingBatcher(client)
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -205,7 +208,8 @@ class GatewayApp:
             self._require("tokenize")
         self._require("embeddings")
         return send_json(
-            request, await embeddings.create_embeddings(self.client, wanted, self.model_name)
+            request,
+            await embeddings.create_embeddings(self.client, self.batcher, wanted, self.model_name),
         )
 
     # Images

@@ -109,7 +109,7 @@ def validate_chat_request(body: dict) -> dict:
     stream = fields.get_bool(body, "stream", False)
     validate_sampling(body)
     validate_stop(body)
-    fields.get_int(body, "n", minimum=1, maximum=128)
+    n = fields.get_int(body, "n", minimum=1, maximum=128)
     max_tokens = fields.get_int(body, "max_tokens", minimum=1)
     max_completion = fields.get_int(body, "max_completion_tokens", minimum=1)
     fields.get_bool(body, "logprobs")
@@ -133,6 +133,8 @@ def validate_chat_request(body: dict) -> dict:
         fields.get_bool(options, "include_usage", prefix="stream_options.")
     data = dict(body)
     data["stream"] = stream
+    if n is not None:
+        data["n"] = n  # an int, even if it came as 2.0
     if max_tokens is None and max_completion is not None:
         data["max_tokens"] = max_completion
     return data

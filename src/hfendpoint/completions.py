@@ -111,9 +111,11 @@ def validate_request(body: dict) -> dict:
     data["stream"] = stream
     data["n"] = n
     data["max_tokens"] = max_tokens
-    if logprobs is not None and "top_logprobs" not in data:
-        # A chat worker's name for the number of alternatives.
-        data["top_logprobs"] = logprobs
+    if logprobs is not None:
+        data["logprobs"] = logprobs
+        if "top_logprobs" not in data:
+            # A chat worker's name for the number of alternatives.
+            data["top_logprobs"] = logprobs
     return {
         "prompts": prompts,
         "n": n,

@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""
+The benchmark's worker: written on our worker library (v0.3 style) like
+any worker, but answering instantly, so that a benchmark measures the
+gateway rather than a model. Its conventions are in bench/shapes.py.
+
+Run it behind the gateway (``hfendpoint ... bench/null_worker.py``) or
+spawn it with HFENDPOINT_FD yourself, as the load client's floor does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from typing import Any, AsyncIterator
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import hfendpoint  # noqa: E402
+from hfendpoint import WorkerError  # noqa: E402
+
+from shapes import (  # noqa: E402
+    DEFAULT_CHAT_TOKENS,
+    DEFAULT_DIMS,
+    DIM_BASE,
+    MODEL,
+    TOKEN_TEXT,
+    fixed_vector,
+    make_png,
+)
+
+TOKEN_REPLY = {"content": TOKEN_TEXT, "finish_reason": None}
+
+
+def _number(data: dict, key: str, default: float, kind: type) -> Any:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise WorkerError(f"{key} must be a non-negative number")
+    return kind(value)
+
+
+@hfendpoint.handler("chat_completions")
+async def chat_completions(data: dict) -> AsyncIterator[dict]:
+    tokens = _number(data, "bench_tokens", DEFAULT_CHAT_TOKENS, int)
+    interval = _number(data, "bench_interval", 0.0, float)
+    start = time.monotonic()
+    for i in range(tokens):
+        if interval and i:
+            delay = start + i * interval - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        yield TOKEN_REPLY
+    yield {
+        "content": "",
+        "finish_reason": "stop",
+        "usage": {"prompt_tokens": 3, "completion_tokens": tokens, "total_tokens": tokens + 3},
+    }
+
+
+@hfendpoint.handler("tokenize")
+async def tokenize(data: dict) -> dict:
+    texts = data.get("input")
+    if not isinstance(texts, list):
+        raise WorkerError("input must be a list of strings")
+    return {"tokens": [list(range(1, len(str(t).split()) + 2)) for t in texts]}
+
+
+@hfendpoint.handler("embeddings")
+async def embeddings(data: dict) -> dict:
+    inputs = data.get("input")
+    if not isinstance(inputs, list):
+        raise WorkerError("input must be a list of token lists")
+    vectors = []
+    for tokens in inputs:
+        head = tokens[0] if isinstance(tokens, list) and tokens else 0
+        dims = head - DIM_BASE if isinstance(head, int) and head > DIM_BASE else DEFAULT_DIMS
+        vectors.append(fixed_vector(dims))
+    return {"embeddings": vectors}
+
+
+async def images(data: dict) -> AsyncIterator[dict]:
+    count = _number(data, "n", 1, int)
+    png = make_png(_number(data, "width", 1, int) * _number(data, "height", 1, int))
+    for _ in range(count):
+        yield {"png": png}
+
+
+hfendpoint.handler("images_generations")(images)
+hfendpoint.handler("images_editions")(images)
+
+
+if __name__ == "__main__":
+    asyncio.run(hfendpoint.run(model=os.environ.get("HFENDPOINT_MODEL_NAME") or MODEL))
