@@ -9,7 +9,7 @@ The runner records the gateway's answer to every request a scenario sends
 (bench/run.py, ``record``) and hands the recordings to these servers, which
 look each request up by path and body and replay the answer: a plain body,
 a stream of server-sent events (the recorded first, token, finish and
-[DONE] events, one write each, paced as the null worker paces), or an
+[DONE] events, one write each, paced on the null worker's shared clock), or an
 images response whose ``url`` points back here (GET serves the PNG).
 
 ``twisted`` is a bare twisted.web Resource (isLeaf, render_POST), ``klein``
@@ -24,14 +24,14 @@ import argparse
 import base64
 import json
 import os
+import math
 import secrets
 import sys
-import time
 from collections import OrderedDict
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from twisted.internet import reactor
-from twisted.internet.task import deferLater
+from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
@@ -103,46 +103,78 @@ def not_found(request: Any) -> bytes:
 # twisted.web
 
 
+class Steps:
+    """
+    The null worker's clock (bench/null_worker.py, C{Steps}): every
+    C{interval} seconds, each stream waiting for a step writes its next
+    token; one timer for all the streams.
+    """
+
+    clocks: dict[float, "Steps"] = {}
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.epoch = 0.0
+        self.waiting: list[Callable[[], None]] = []
+
+    @classmethod
+    def of(cls, interval: float) -> "Steps":
+        steps = cls.clocks.get(interval)
+        if steps is None:
+            steps = cls.clocks[interval] = cls(interval)
+        return steps
+
+    def later(self, function: Callable[[], None]) -> None:
+        if not self.waiting:
+            now = reactor.seconds()
+            if not self.epoch:
+                self.epoch = now
+            ticks = math.floor((now - self.epoch) / self.interval) + 1
+            reactor.callLater(self.epoch + ticks * self.interval - now, self._step)
+        self.waiting.append(function)
+
+    def next(self) -> Deferred:
+        d: Deferred = Deferred()
+        self.later(lambda: None if d.called else d.callback(None))
+        return d
+
+    def _step(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        for function in waiting:
+            function()
+
+
 class Pacer:
     """
-    Writes a recorded stream with reactor.callLater on the null worker's
-    schedule (token i at start + i * interval).
+    Writes a recorded stream one token per step of its clock.
     """
 
     def __init__(self, request: Any, rec: dict) -> None:
         self.request = request
         self.rec = rec
-        self.start = time.monotonic()
+        self.steps = Steps.of(rec["interval"])
         self.sent = 1
-        self.call: Any = None
         self.gone = False
         request.notifyFinish().addErrback(self._gone)
-        self._schedule()
+        self._next()
 
     def _gone(self, failure: Any) -> None:
         self.gone = True
-        if self.call is not None and self.call.active():
-            self.call.cancel()
 
-    def _schedule(self) -> None:
+    def _next(self) -> None:
         if self.sent >= self.rec["tokens"]:
-            self._end()
-            return
-        delay = self.start + self.sent * self.rec["interval"] - time.monotonic()
-        self.call = reactor.callLater(max(0.0, delay), self._tick)
+            self.request.write(self.rec["finish"])
+            self.request.write(self.rec["done"])
+            self.request.finish()
+        else:
+            self.steps.later(self._tick)
 
     def _tick(self) -> None:
-        self.call = None
         if self.gone:
             return
         self.request.write(self.rec["token"])
         self.sent += 1
-        self._schedule()
-
-    def _end(self) -> None:
-        self.request.write(self.rec["finish"])
-        self.request.write(self.rec["done"])
-        self.request.finish()
+        self._next()
 
 
 class BareResource(Resource):
@@ -222,11 +254,9 @@ def klein_resource(table: Table) -> Any:
         token = rec["token"]
         interval = rec["interval"]
         if interval:
-            start = time.monotonic()
-            for i in range(1, rec["tokens"]):
-                delay = start + i * interval - time.monotonic()
-                if delay > 0:
-                    await deferLater(reactor, delay, lambda: None)
+            steps = Steps.of(interval)
+            for _ in range(1, rec["tokens"]):
+                await steps.next()
                 request.write(token)
         else:
             for _ in range(rec["tokens"] - 1):

@@ -7,14 +7,16 @@ that the runner can tell whether the client was the bottleneck.
 
 Modes (``spec["mode"]``):
 
-  - ``http_closed``: C keep-alive HTTP/1.1 connections, each sending the
-    same request again as soon as the previous response is complete, for a
-    fixed time; optionally fetches every ``url`` of an images response.
-  - ``sse``: N streaming requests sent at once on N connections (opened
-    beforehand); counts server-sent events and times their arrival.
-  - ``msgpack_closed`` / ``msgpack_streams``: the same two shapes, but
-    spoken in MessagePack straight to a null worker this client spawns on
-    a socket pair (HFENDPOINT_FD): the floor, without any gateway.
+  - ``http_closed`` (asyncio): C keep-alive HTTP/1.1 connections, each
+    sending the same request again as soon as the previous response is
+    complete, for a fixed time; optionally fetches every ``url`` of an
+    images response.
+  - ``sse`` (bare epoll loop): N streaming requests sent at once on N
+    connections opened and warmed beforehand; counts server-sent events and
+    times their arrival.
+  - ``msgpack_closed`` / ``msgpack_streams``: the same two shapes, spoken in
+    MessagePack straight to a null worker this client spawns on a socket
+    pair (HFENDPOINT_FD): the floor, without any gateway.
   - ``latency``: concurrency 1 with blocking sockets, alternating request
     by request between the targets (msgpack floor and HTTP servers), so
     that a noisy machine disturbs every target alike.
@@ -30,6 +32,7 @@ import json
 import math
 import os
 import resource
+import select
 import socket
 import subprocess
 import sys
@@ -329,35 +332,6 @@ class Stream:
             self.on_done()
 
 
-class SSEConnection(asyncio.Protocol):
-    __slots__ = ("stream", "tail", "transport")
-
-    def __init__(self, stream: Stream) -> None:
-        self.stream = stream
-        self.tail = b""
-        self.transport: Any = None
-
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def data_received(self, data: bytes) -> None:
-        now = perf()
-        stream = self.stream
-        if stream.ok is None:
-            stream.ok = data.startswith(b"HTTP/1.1 200")
-        buf = self.tail + data
-        count = buf.count(b"data: ")
-        self.tail = buf[-5:]
-        if count:
-            stream.arrived(count, now)
-        if b"[DONE]" in buf or (not stream.ok):
-            stream.finished(now)
-
-    def connection_lost(self, exc: Any) -> None:
-        self.stream.finished(perf())
-
-
 def stream_report(streams: list, gaps: Optional[array], t0: float, deadline_hit: bool, cpu: float, wall: float) -> dict:
     tokens = sum(min(s.events, s.tokens) for s in streams)
     complete = sum(1 for s in streams if s.ok and s.done and s.events == s.tokens + 2)
@@ -383,41 +357,109 @@ def stream_report(streams: list, gaps: Optional[array], t0: float, deadline_hit:
     return report
 
 
-async def wait_all(streams: list, all_done: asyncio.Event, timeout: float) -> bool:
+def connect_warm(host: str, port: int, count: int, timeout: float) -> list[socket.socket]:
+    """
+    Open C{count} keep-alive connections and send one C{GET /health} on
+    each, so that every one is accepted and served before the measurement
+    starts (the servers listen with Twisted's default backlog of 50).
+    """
+    socks = []
+    health = http_request("GET", host, port, "/health")
+    pending: dict[int, tuple[socket.socket, ResponseParser]] = {}
+    poller = select.epoll()
+    deadline = perf() + timeout
     try:
-        await asyncio.wait_for(all_done.wait(), timeout)
-        return False
-    except asyncio.TimeoutError:
-        return True
+        for i in range(count):
+            sock = socket.create_connection((host, port), timeout=15)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setblocking(False)
+            sock.send(health)
+            socks.append(sock)
+            pending[sock.fileno()] = (sock, ResponseParser(False))
+            poller.register(sock.fileno(), select.EPOLLIN)
+            if len(pending) >= 32 or i == count - 1:
+                while pending and (len(pending) >= 16 or i == count - 1):
+                    if perf() > deadline:
+                        raise TimeoutError("the server did not answer the warm-up requests in time")
+                    for fd, _ in poller.poll(0.5):
+                        sock, parser = pending[fd]
+                        data = sock.recv(65536)
+                        if not data:
+                            raise ConnectionError("the server closed a connection during warm-up")
+                        for status, *_ in parser.feed(data):
+                            if status != 200:
+                                raise ConnectionError(f"warm-up request answered {status}")
+                            poller.unregister(fd)
+                            del pending[fd]
+    finally:
+        poller.close()
+    return socks
 
 
-async def sse(spec: dict) -> dict:
+def sse(spec: dict) -> dict:
+    """
+    N streams on N connections, read with a bare epoll loop: at thousands
+    of small events per second, asyncio's per-read overhead would make the
+    client the bottleneck on a small machine.
+    """
     host, port = spec["host"], spec["port"]
     raw = http_request("POST", host, port, spec["path"], spec["body"].encode("latin-1"))
     count, tokens = spec["streams"], spec["tokens"]
+    timeout = spec.get("timeout", 60)
     gaps = array("d") if spec.get("gaps") else None
-    all_done = asyncio.Event()
     remaining = [count]
 
     def one_done() -> None:
         remaining[0] -= 1
-        if remaining[0] == 0:
-            all_done.set()
 
-    streams = [Stream(tokens, gaps, one_done) for _ in range(count)]
-    it = iter(streams)
-    conns = await open_many(lambda: SSEConnection(next(it)), host, port, count)
-    await asyncio.sleep(0.2)
+    socks = connect_warm(host, port, count, timeout)
+    streams = {sock.fileno(): Stream(tokens, gaps, one_done) for sock in socks}
+    by_fd = {sock.fileno(): sock for sock in socks}
+    tails = {fd: b"" for fd in by_fd}
+    poller = select.epoll(len(socks) + 1)
+    for fd in by_fd:
+        poller.register(fd, select.EPOLLIN)
+    time.sleep(0.2)
     cpu0, t0 = cpu_self(), perf()
-    for conn in conns:
-        conn.stream.sent = perf()
-        conn.transport.write(raw)
-    timed_out = await wait_all(streams, all_done, spec.get("timeout", 60))
-    wall = perf() - t0
-    cpu = cpu_self() - cpu0
-    for conn in conns:
-        conn.transport.close()
-    return stream_report(streams, gaps, t0, timed_out, cpu, wall)
+    for fd, sock in by_fd.items():
+        streams[fd].sent = perf()
+        sock.send(raw)
+    deadline = t0 + timeout
+    timed_out = False
+    try:
+        while remaining[0] > 0:
+            if perf() > deadline:
+                timed_out = True
+                break
+            for fd, _ in poller.poll(0.5):
+                try:
+                    data = by_fd[fd].recv(262144)
+                except BlockingIOError:
+                    continue
+                now = perf()
+                stream = streams[fd]
+                if not data:
+                    poller.unregister(fd)
+                    stream.finished(now)
+                    continue
+                if stream.ok is None:
+                    stream.ok = data.startswith(b"HTTP/1.1 200")
+                buf = tails[fd] + data
+                events = buf.count(b"data: ")
+                tails[fd] = buf[-5:]
+                if events:
+                    stream.arrived(events, now)
+                if b"[DONE]" in buf or not stream.ok:
+                    if not stream.done:
+                        poller.unregister(fd)
+                    stream.finished(now)
+        wall = perf() - t0
+        cpu = cpu_self() - cpu0
+    finally:
+        poller.close()
+        for sock in socks:
+            sock.close()
+    return stream_report(list(streams.values()), gaps, t0, timed_out, cpu, wall)
 
 
 # The floor: MessagePack straight to a worker
@@ -454,141 +496,150 @@ def is_last(name: str, reply: dict) -> bool:
     return True
 
 
-class MsgpackClient(asyncio.Protocol):
+class Floor:
+    """
+    A null worker of our own on a socket pair, spoken to in MessagePack
+    with blocking reads: one socket needs no event loop.
+    """
+
     def __init__(self) -> None:
+        self.proc, self.sock = spawn_worker()
+        self.sock.settimeout(30)
         self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
-        self.handlers: dict[int, Callable[[dict], None]] = {}
         self.next_id = 1
-        self.transport: Any = None
+        self.call("hfendpoint.describe", {})
 
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.unpacker.feed(data)
-        handlers = self.handlers
-        for message in self.unpacker:
-            handler = handlers.get(message["id"])
-            if handler is not None:
-                handler(message)
-
-    def send(self, name: str, data: Any, handler: Callable[[dict], None]) -> int:
+    def pack(self, name: str, data: Any) -> tuple[int, bytes]:
         ident = self.next_id
         self.next_id += 1
-        self.handlers[ident] = handler
-        self.transport.write(msgpack.packb({"id": ident, "name": name, "data": data}, use_bin_type=True))
-        return ident
+        return ident, msgpack.packb({"id": ident, "name": name, "data": data}, use_bin_type=True)
 
-    def call(self, name: str, data: Any) -> asyncio.Future:
-        future = asyncio.get_running_loop().create_future()
-        replies = []
+    def messages(self, timeout: float) -> Any:
+        """
+        The replies of the next read.
+        """
+        self.sock.settimeout(max(0.01, timeout))
+        chunk = self.sock.recv(1 << 20)
+        if not chunk:
+            raise ConnectionError("the worker closed the socket")
+        self.unpacker.feed(chunk)
+        return self.unpacker
 
-        def on_reply(message: dict) -> None:
-            replies.append(message)
-            if is_last(name, message):
-                del self.handlers[message["id"]]
-                if not future.done():
-                    future.set_result(replies)
+    def call(self, name: str, data: Any) -> int:
+        ident, payload = self.pack(name, data)
+        self.sock.sendall(payload)
+        while True:
+            for message in self.messages(30):
+                if message.get("id") == ident and is_last(name, message):
+                    return 500 if "error" in message else 200
 
-        self.send(name, data, on_reply)
-        return future
+    def close(self) -> None:
+        stop_worker(self.proc, self.sock)
 
 
-async def with_worker(run: Callable[[MsgpackClient, int], Any]) -> dict:
-    proc, sock = spawn_worker()
+def msgpack_closed(spec: dict) -> dict:
+    """
+    C{concurrency} requests in flight at all times, each replaced by a new
+    one as soon as its last reply arrives.
+    """
+    name, data, concurrency = spec["name"], spec["data"], spec["concurrency"]
+    floor = Floor()
     try:
-        sock.setblocking(False)
-        _, client = await asyncio.get_running_loop().create_unix_connection(MsgpackClient, sock=sock)
-        await asyncio.wait_for(client.call("hfendpoint.describe", {}), 15)
-        result = await run(client, proc.pid)
-        client.transport.close()
-        return result
-    finally:
-        stop_worker(proc, sock)
+        started: dict[int, float] = {}
 
+        def send() -> None:
+            ident, payload = floor.pack(name, data)
+            started[ident] = perf()
+            floor.sock.sendall(payload)
 
-async def msgpack_closed(spec: dict) -> dict:
-    name, data = spec["name"], spec["data"]
+        def run(seconds: float, latencies: Optional[array]) -> int:
+            done = 0
+            for _ in range(concurrency - len(started)):
+                send()
+            end = perf() + seconds
+            while perf() < end:
+                for message in floor.messages(end - perf() + 30):
+                    if not is_last(name, message):
+                        continue
+                    if "error" in message:
+                        raise RuntimeError(message["error"])
+                    begun = started.pop(message["id"])
+                    if latencies is not None:
+                        latencies.append(perf() - begun)
+                    done += 1
+                    send()
+            return done
 
-    async def run(client: MsgpackClient, pid: int) -> dict:
+        run(spec.get("warmup", 0.5), None)
         latencies = array("d")
-        count = [0]
-        measuring = [False]
-
-        async def loop_until(deadline: float) -> None:
-            while perf() < deadline:
-                started = perf()
-                replies = await asyncio.wait_for(client.call(name, data), 30)
-                if "error" in replies[-1]:
-                    raise RuntimeError(replies[-1]["error"])
-                if measuring[0]:
-                    latencies.append(perf() - started)
-                    count[0] += 1
-
-        end = perf() + spec.get("warmup", 0.5)
-        await asyncio.gather(*(loop_until(end) for _ in range(spec["concurrency"])))
-        measuring[0] = True
-        cpu0, wcpu0, t0 = cpu_self(), proc_cpu(pid), perf()
-        await asyncio.gather(*(loop_until(t0 + spec["duration"]) for _ in range(spec["concurrency"])))
+        cpu0, wcpu0, t0 = cpu_self(), proc_cpu(floor.proc.pid), perf()
+        count = run(spec["duration"], latencies)
         wall = perf() - t0
         return {
-            "requests": count[0],
+            "requests": count,
             "errors": 0,
             "wall": wall,
-            "rps": count[0] / wall,
+            "rps": count / wall,
             "latency": percentiles(latencies),
             "client_cpu_pct": 100 * (cpu_self() - cpu0) / wall,
-            "worker_cpu_pct": 100 * (proc_cpu(pid) - wcpu0) / wall,
+            "worker_cpu_pct": 100 * (proc_cpu(floor.proc.pid) - wcpu0) / wall,
         }
+    finally:
+        floor.close()
 
-    return await with_worker(run)
 
-
-async def msgpack_streams(spec: dict) -> dict:
-    count, tokens = spec["streams"], spec["tokens"]
-    data = spec["data"]
-
-    async def run(client: MsgpackClient, pid: int) -> dict:
+def msgpack_streams(spec: dict) -> dict:
+    count, tokens, data = spec["streams"], spec["tokens"], spec["data"]
+    timeout = spec.get("timeout", 60)
+    floor = Floor()
+    try:
         gaps = array("d") if spec.get("gaps") else None
-        all_done = asyncio.Event()
         remaining = [count]
 
         def one_done() -> None:
             remaining[0] -= 1
-            if remaining[0] == 0:
-                all_done.set()
 
-        streams = [Stream(tokens, gaps, one_done) for _ in range(count)]
-
-        def handler(stream: Stream) -> Callable[[dict], None]:
-            # Count as the HTTP client does: the final reply stands for the
-            # finish event and [DONE].
-            def on_reply(message: dict) -> None:
-                now = perf()
+        streams: dict[int, Stream] = {}
+        payloads = []
+        for _ in range(count):
+            ident, payload = floor.pack("chat_completions", data)
+            streams[ident] = Stream(tokens, gaps, one_done)
+            payloads.append(payload)
+        cpu0, wcpu0, t0 = cpu_self(), proc_cpu(floor.proc.pid), perf()
+        for stream in streams.values():
+            stream.sent = t0
+        floor.sock.sendall(b"".join(payloads))
+        deadline = t0 + timeout
+        timed_out = False
+        while remaining[0] > 0:
+            if perf() > deadline:
+                timed_out = True
+                break
+            try:
+                batch = floor.messages(deadline - perf())
+            except socket.timeout:
+                continue
+            now = perf()
+            # Counted as the HTTP client counts: the final reply stands for
+            # the finish event and [DONE].
+            for message in batch:
+                stream = streams[message["id"]]
                 reply = message.get("data")
-                if "error" in message:
+                if reply is None:
                     stream.ok = False
                     stream.finished(now)
-                elif reply.get("finish_reason") is not None:
+                elif reply["finish_reason"] is not None:
                     stream.ok = True
                     stream.arrived(2, now)
                     stream.finished(now)
                 else:
                     stream.arrived(1, now)
-
-            return on_reply
-
-        cpu0, wcpu0, t0 = cpu_self(), proc_cpu(pid), perf()
-        for stream in streams:
-            stream.sent = perf()
-            client.send("chat_completions", data, handler(stream))
-        timed_out = await wait_all(streams, all_done, spec.get("timeout", 60))
         wall = perf() - t0
-        report = stream_report(streams, gaps, t0, timed_out, cpu_self() - cpu0, wall)
-        report["worker_cpu_pct"] = 100 * (proc_cpu(pid) - wcpu0) / wall
+        report = stream_report(list(streams.values()), gaps, t0, timed_out, cpu_self() - cpu0, wall)
+        report["worker_cpu_pct"] = 100 * (proc_cpu(floor.proc.pid) - wcpu0) / wall
         return report
-
-    return await with_worker(run)
+    finally:
+        floor.close()
 
 
 # Latency at concurrency 1
@@ -615,31 +666,6 @@ class BlockingHTTP:
         self.sock.close()
 
 
-class BlockingMsgpack:
-    def __init__(self) -> None:
-        self.proc, self.sock = spawn_worker()
-        self.sock.settimeout(30)
-        self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
-        self.next_id = 1
-        self.call("hfendpoint.describe", {})
-
-    def call(self, name: str, data: Any) -> int:
-        ident = self.next_id
-        self.next_id += 1
-        self.sock.sendall(msgpack.packb({"id": ident, "name": name, "data": data}, use_bin_type=True))
-        while True:
-            chunk = self.sock.recv(262144)
-            if not chunk:
-                raise ConnectionError("worker closed the socket")
-            self.unpacker.feed(chunk)
-            for message in self.unpacker:
-                if message.get("id") == ident and is_last(name, message):
-                    return 500 if "error" in message else 200
-
-    def close(self) -> None:
-        stop_worker(self.proc, self.sock)
-
-
 def latency(spec: dict) -> dict:
     """
     For each request kind, alternate request by request between the
@@ -652,7 +678,7 @@ def latency(spec: dict) -> dict:
     try:
         for target in spec["targets"]:
             if target["kind"] == "msgpack":
-                clients[target["name"]] = BlockingMsgpack()
+                clients[target["name"]] = Floor()
             else:
                 clients[target["name"]] = BlockingHTTP(spec["host"], target["port"])
         for request in spec["requests"]:
@@ -692,22 +718,18 @@ def latency(spec: dict) -> dict:
     return results
 
 
-MODES = {
-    "http_closed": http_closed,
-    "sse": sse,
-    "msgpack_closed": msgpack_closed,
-    "msgpack_streams": msgpack_streams,
-}
+ASYNC_MODES = {"http_closed": http_closed}
+MODES = {"sse": sse, "msgpack_closed": msgpack_closed, "msgpack_streams": msgpack_streams, "latency": latency}
 
 
 def main() -> None:
     with open(sys.argv[1]) as f:
         spec = json.load(f)
     mode = spec["mode"]
-    if mode == "latency":
-        result = latency(spec)
+    if mode in ASYNC_MODES:
+        result = asyncio.run(ASYNC_MODES[mode](spec))
     else:
-        result = asyncio.run(MODES[mode](spec))
+        result = MODES[mode](spec)
     sys.stdout.write(json.dumps(result) + "\n")
 
 

@@ -11,9 +11,9 @@ spawn it with HFENDPOINT_FD yourself, as the load client's floor does.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import sys
-import time
 from typing import Any, AsyncIterator
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -41,16 +41,58 @@ def _number(data: dict, key: str, default: float, kind: type) -> Any:
     return kind(value)
 
 
+class Steps:
+    """
+    The decoding steps of a model serving its streams as one batch: every
+    C{interval} seconds, each stream waiting for a step gets its next token.
+
+    One timer for all the streams on a clock, rather than one sleep per
+    stream and token, keeps the worker cheap enough to pace thousands of
+    streams; a step that comes late (the loop was busy) is not made up for,
+    as a model that falls behind does not catch up.
+    """
+
+    clocks: dict[float, "Steps"] = {}
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.epoch: float = 0.0
+        self.waiters: list[asyncio.Future] = []
+
+    @classmethod
+    def of(cls, interval: float) -> "Steps":
+        steps = cls.clocks.get(interval)
+        if steps is None:
+            steps = cls.clocks[interval] = cls(interval)
+        return steps
+
+    def next(self) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        if not self.waiters:
+            now = loop.time()
+            if not self.epoch:
+                self.epoch = now
+            ticks = math.floor((now - self.epoch) / self.interval) + 1
+            loop.call_at(self.epoch + ticks * self.interval, self._step)
+        self.waiters.append(waiter)
+        return waiter
+
+    def _step(self) -> None:
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
 @hfendpoint.handler("chat_completions")
 async def chat_completions(data: dict) -> AsyncIterator[dict]:
     tokens = _number(data, "bench_tokens", DEFAULT_CHAT_TOKENS, int)
     interval = _number(data, "bench_interval", 0.0, float)
-    start = time.monotonic()
+    steps = Steps.of(interval) if interval else None
     for i in range(tokens):
-        if interval and i:
-            delay = start + i * interval - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
+        if steps is not None and i:
+            await steps.next()
         yield TOKEN_REPLY
     yield {
         "content": "",

@@ -36,7 +36,7 @@ import tempfile
 import threading
 import time
 import traceback
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -49,6 +49,7 @@ from loadclient import ResponseParser, http_request, proc_cpu  # noqa: E402
 HOST = "127.0.0.1"
 SCENARIOS = ("small", "latency", "burst", "paced", "memory", "payloads")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+PROFILE_RATE = 250
 
 
 class Settings:
@@ -65,18 +66,22 @@ class Settings:
         self.small_dims = 64
         self.small_tokens = 8
         self.latency_count = 300 if quick else 3000
-        self.latency_duration = 1.5 if quick else 8.0
+        self.latency_duration = 1.0 if quick else 8.0
         self.burst_streams = 100 if quick else 1000
         self.burst_tokens = 50 if quick else 200
         self.paced_streams = (100, 200) if quick else (1000, 2000)
-        self.paced_tokens = 20 if quick else 60
+        self.paced_tokens = 12 if quick else 60
         self.interval = 0.05
         self.memory_streams = 100 if quick else 1000
         self.payload_concurrency = 4 if quick else 8
+        self.payload_duration = 0.6 if quick else 4.0
         self.payload_inputs = 64
         self.payload_dims = 1024
         self.image_bytes = (1 if quick else 4) * 1024 * 1024
         self.stream_timeout = 60.0 if quick else 180.0
+        # Before each measurement, wait up to this long for other programs
+        # to leave the CPUs (the machine is shared).
+        self.max_quiet_wait = 0.0 if quick else 60.0
 
 
 # Processes
@@ -218,6 +223,7 @@ class Watch:
 
     def __enter__(self) -> "Watch":
         self.cpu0 = {k: proc_cpu(p) for k, p in self.pids.items()}
+        self.machine0 = machine_ticks()
         self.t0 = time.monotonic()
         self._thread.start()
         return self
@@ -234,6 +240,53 @@ class Watch:
         wall = time.monotonic() - self.t0
         self.cpu_pct = {k: round(100 * (proc_cpu(p) - self.cpu0[k]) / wall, 1) for k, p in self.pids.items()}
         self.rss_peak_kb = dict(self.peak)
+        self.machine_busy_pct = busy_pct(self.machine0, machine_ticks())
+
+    def foreign(self, ours_pct: float) -> float:
+        """
+        CPU% (of one core) that other programs took meanwhile: the machine
+        is shared, and this says how much the figures may suffer from it.
+        """
+        return round(max(0.0, self.machine_busy_pct - sum(self.cpu_pct.values()) - ours_pct), 1)
+
+
+def machine_ticks() -> tuple[int, int]:
+    """
+    (busy, total) clock ticks of all CPUs, from /proc/stat.
+    """
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    total = sum(values[:8])
+    return total - idle, total
+
+
+def busy_pct(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """
+    Busy CPU between two readings, in % of one core (2 busy cores: 200).
+    """
+    total = after[1] - before[1]
+    if total <= 0:
+        return 0.0
+    return 100.0 * (os.cpu_count() or 1) * (after[0] - before[0]) / total
+
+
+def wait_quiet(max_wait: float, limit: float = 30.0) -> dict:
+    """
+    Wait (up to C{max_wait} seconds) until other programs leave the CPUs
+    alone: our servers are idle between measurements, so what is busy then
+    is someone else.
+    """
+    if max_wait <= 0:
+        return {}
+    started = time.monotonic()
+    while True:
+        before = machine_ticks()
+        time.sleep(0.5)
+        busy = busy_pct(before, machine_ticks())
+        waited = time.monotonic() - started
+        if busy <= limit or waited >= max_wait:
+            return {"background_cpu_pct": round(busy, 1), "waited_s": round(waited, 1)}
 
 
 def children_cpu() -> float:
@@ -271,6 +324,7 @@ class Runner:
         path = os.path.join(self.tmp, "spec.json")
         with open(path, "w") as f:
             json.dump(spec, f)
+        quiet = wait_quiet(self.s.max_quiet_wait)
         spy = self._profile_start(profile, target, timeout)
         with Watch(self.watch_pids(target)) as watch:
             proc = subprocess.Popen([sys.executable, os.path.join(HERE, "loadclient.py"), path], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -284,8 +338,14 @@ class Runner:
         if proc.returncode != 0:
             raise RuntimeError(f"load client failed: {err.decode(errors='replace')[-2000:]}")
         result = json.loads(out)
+        if spec["mode"] == "latency":
+            ours = max(r["client_cpu_pct"] for r in result.values())
+        else:
+            ours = result.get("client_cpu_pct", 0.0) + result.get("worker_cpu_pct", 0.0)
         result["server_cpu_pct"] = watch.cpu_pct
         result["server_rss_peak_kb"] = watch.rss_peak_kb
+        result["foreign_cpu_pct"] = watch.foreign(ours)
+        result["quiet"] = quiet
         return result
 
     def run_wrk(self, target: str, path: str, body: bytes, duration: float, record: bool = True, profile: Optional[str] = None) -> dict:
@@ -305,6 +365,7 @@ class Runner:
         port = self.servers[target].port
         argv = [self.wrk, "-t1", f"-c{self.s.concurrency}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
                 "-s", script, f"http://{HOST}:{port}{path}"]
+        quiet = wait_quiet(self.s.max_quiet_wait) if record else None
         spy = self._profile_start(profile, target, duration + 5)
         cpu0 = children_cpu()
         with Watch(self.watch_pids(target)) as watch:
@@ -329,6 +390,8 @@ class Runner:
             "client_cpu_pct": round(100 * wrk_cpu / wall, 1),
             "server_cpu_pct": watch.cpu_pct,
             "server_rss_peak_kb": watch.rss_peak_kb,
+            "foreign_cpu_pct": watch.foreign(100 * wrk_cpu / wall),
+            "quiet": quiet,
         }
 
     # Profiling the gateway with py-spy
@@ -337,16 +400,17 @@ class Runner:
         if not (name and self.profile_dir and self.pyspy and target == "gateway"):
             return None
         out = os.path.join(self.profile_dir, f"{name}.txt")
-        argv = [self.pyspy, "record", "--pid", str(self.servers["gateway"].pid), "--rate", "250",
-                "--format", "raw", "--output", out, "--duration", str(int(duration) + 1), "--nonblocking"]
+        argv = [self.pyspy, "record", "--pid", str(self.servers["gateway"].pid), "--rate", str(PROFILE_RATE),
+                "--format", "raw", "--function", "--output", out, "--duration", str(int(duration) + 1), "--nonblocking"]
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(0.3)
-        return proc, out
+        return proc, out, time.monotonic()
 
     def _profile_stop(self, spy: Any, name: Optional[str]) -> None:
         if spy is None:
             return
-        proc, out = spy
+        proc, out, started = spy
+        wall = time.monotonic() - started
         proc.send_signal(signal.SIGINT)
         try:
             _, err = proc.communicate(timeout=15)
@@ -355,7 +419,7 @@ class Runner:
             proc.communicate()
             err = b""
         if os.path.exists(out):
-            self.profiles[name] = summarize_profile(out)
+            self.profiles[name] = summarize_profile(out, PROFILE_RATE * wall)
         else:
             self.profiles[name] = {"error": err.decode(errors="replace")[-500:]}
 
@@ -374,35 +438,53 @@ end
 """
 
 
-def summarize_profile(path: str, top: int = 25) -> dict:
+def frame_name(frame: str) -> str:
+    """
+    C{function (path/to/pkg/file.py:line)} as C{function (pkg/file.py)}.
+    """
+    function, _, where = frame.partition(" (")
+    path = where.rsplit(":", 1)[0]
+    return f"{function} ({'/'.join(path.split('/')[-2:])})" if where else function
+
+
+def summarize_profile(path: str, expected: float, top: int = 25) -> dict:
     """
     From py-spy's collapsed stacks: the functions where the gateway spent
-    its samples, by self time and by inclusive time (idle excluded).
+    its (non-idle) samples, by self time and by inclusive time, in % of
+    the busy samples; C{busy_pct} is how often the gateway was busy at all.
     """
     own: dict[str, int] = {}
     inclusive: dict[str, int] = {}
     total = 0
-    idle = 0
     with open(path) as f:
         for line in f:
             stack, _, count_text = line.rstrip("\n").rpartition(" ")
             if not stack:
                 continue
             count = int(count_text)
-            frames = [frame.split(" (")[0] + " (" + frame.split(" (")[-1].rsplit("/", 1)[-1] if " (" in frame else frame for frame in stack.split(";")]
+            frames = [frame_name(frame) for frame in stack.split(";")]
             total += count
-            leaf = frames[-1]
-            if "epoll" in leaf or "doPoll" in leaf and "select" in stack:
-                idle += count
-            own[leaf] = own.get(leaf, 0) + count
+            own[frames[-1]] = own.get(frames[-1], 0) + count
             for frame in set(frames):
                 inclusive[frame] = inclusive.get(frame, 0) + count
     busy = max(1, total)
 
-    def ranked(table: dict) -> list:
-        return [[name, round(100 * n / busy, 1)] for name, n in sorted(table.items(), key=lambda kv: -kv[1])[:top]]
+    def ranked(table: dict, skip: tuple = ()) -> list:
+        items = [kv for kv in table.items() if kv[0].split(" (")[0] not in skip]
+        return [[name, round(100 * n / busy, 1)] for name, n in sorted(items, key=lambda kv: -kv[1])[:top]]
 
-    return {"samples": total, "idle_pct": round(100 * idle / busy, 1), "self": ranked(own), "inclusive": ranked(inclusive)}
+    return {"samples": total, "busy_pct": round(100 * total / max(1.0, expected), 1), "self": ranked(own),
+            "inclusive": ranked(inclusive, PLUMBING), "file": path}
+
+
+# Frames every sample of the gateway passes through: left out of the
+# inclusive ranking, which would otherwise start with them.
+PLUMBING = (
+    "_run_module_as_main", "_run_code", "<module>", "console_script", "main", "run", "ReactorBase.run",
+    "ReactorBase.mainLoop", "EPollReactor.doPoll", "callWithLogger", "callWithContext",
+    "ThreadedContextTracker.callWithContext", "ContextTracker.callWithContext", "_PollLikeMixin._doReadOrWrite",
+    "ReactorBase.runUntilCurrent",
+)
 
 
 # Recording the gateway's answers for the bare servers
@@ -552,7 +634,7 @@ class Bench:
         spec = {"mode": "latency", "host": HOST, "targets": targets, "requests": requests,
                 "count": self.s.latency_count, "duration": self.s.latency_duration, "warmup": 50 if self.s.quick else 300}
         result = self.r.client(spec, "gateway", 4 * self.s.latency_duration + 120, profile="latency")
-        watched = {"server_cpu_pct": result.pop("server_cpu_pct"), "server_rss_peak_kb": result.pop("server_rss_peak_kb")}
+        watched = {key: result.pop(key) for key in ("server_cpu_pct", "server_rss_peak_kb", "foreign_cpu_pct", "quiet")}
         for kind, res in result.items():
             res.update(watched)
             t = res["targets"]
@@ -617,10 +699,10 @@ class Bench:
             for i in range(self.s.rounds):
                 for target in rounds:
                     spec = {"mode": "http_closed", "host": HOST, "port": self.r.servers[target].port, "path": p["path"],
-                            "body": body, "concurrency": self.s.payload_concurrency, "duration": self.s.duration,
+                            "body": body, "concurrency": self.s.payload_concurrency, "duration": self.s.payload_duration,
                             "warmup": self.s.warmup, "fetch_urls": bool(p.get("fetch")), "timeout": 60}
                     profile = f"payload_{name}" if target == "gateway" and i == 0 else None
-                    rounds[target].append(self.r.client(spec, target, self.s.duration + self.s.warmup + 120, profile))
+                    rounds[target].append(self.r.client(spec, target, self.s.payload_duration + self.s.warmup + 120, profile))
             best = {t: max(rs, key=lambda r: r["mbps"]) for t, rs in rounds.items()}
             out[name] = {
                 "rounds": rounds,
@@ -645,6 +727,14 @@ def fmt(value: Any, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
+def bg(result: dict) -> str:
+    """
+    The CPU other programs took during a measurement, when notable.
+    """
+    value = result.get("foreign_cpu_pct")
+    return f"; other programs {value:.0f}%" if value and value >= 10 else ""
+
+
 def table_rows(results: dict, s: Settings) -> list[list[str]]:
     """
     Scenario, metric, gateway, floor, bare twisted, bare Klein, ratio,
@@ -661,7 +751,7 @@ def table_rows(results: dict, s: Settings) -> list[list[str]]:
                 f"1 small {kind}", "req/s @c64",
                 fmt(b["gateway"]["rps"]), fmt(r["floor"]["rps"]), fmt(b["bare_twisted"]["rps"]), fmt(b["bare_klein"]["rps"]),
                 f"{r['ratio_vs_klein']:.2f} vs Klein", ">= 0.9", mark(r["ratio_vs_klein"] >= 0.9),
-                f"{b['gateway']['tool']} (client CPU {b['gateway']['client_cpu_pct']:.0f}%; gateway {gw_cpu.get('gateway', 0):.0f}%, worker {gw_cpu.get('worker', 0):.0f}%)",
+                f"{b['gateway']['tool']} (client CPU {b['gateway']['client_cpu_pct']:.0f}%; gateway {gw_cpu.get('gateway', 0):.0f}%, worker {gw_cpu.get('worker', 0):.0f}%{bg(b['gateway'])})",
             ])
     if "latency" in sc and "error" not in sc["latency"]:
         for kind, r in sc["latency"].items():
@@ -671,7 +761,7 @@ def table_rows(results: dict, s: Settings) -> list[list[str]]:
                 f"2 latency {kind}", "p50 ms @c1",
                 ms(t["gateway"]["p50"]), ms(t["floor"]["p50"]), ms(t["bare_twisted"]["p50"]), ms(t["bare_klein"]["p50"]),
                 f"+{r['added_p50_ms']:.3f} ms vs floor", "added < 0.2 ms", mark(r["added_p50_ms"] < 0.2),
-                f"loadclient blocking, interleaved (client CPU {r['client_cpu_pct']:.0f}%)",
+                f"loadclient blocking, interleaved (client CPU {r['client_cpu_pct']:.0f}%{bg(r)})",
             ])
             rows.append([
                 f"2 latency {kind}", "p99 ms @c1",
@@ -685,7 +775,7 @@ def table_rows(results: dict, s: Settings) -> list[list[str]]:
             f"3a burst {s.burst_streams}x{s.burst_tokens}", "tokens/s",
             fmt(g["tokens_per_s"]), fmt(r["floor"]["tokens_per_s"]), fmt(r["bare_twisted"]["tokens_per_s"]), fmt(r["bare_klein"]["tokens_per_s"]),
             f"{r['ratio_vs_klein']:.2f} vs Klein, {r['ratio_vs_floor']:.2f} vs floor", ">= 300,000", mark(g["tokens_per_s"] >= 300000 and g["all_tokens_arrived"]),
-            f"loadclient SSE (client CPU {g['client_cpu_pct']:.0f}%; gateway {g['server_cpu_pct'].get('gateway', 0):.0f}%, worker {g['server_cpu_pct'].get('worker', 0):.0f}%); all arrived: {fmt(g['all_tokens_arrived'])}",
+            f"loadclient SSE (client CPU {g['client_cpu_pct']:.0f}%; gateway {g['server_cpu_pct'].get('gateway', 0):.0f}%, worker {g['server_cpu_pct'].get('worker', 0):.0f}%{bg(g)}); all arrived: {fmt(g['all_tokens_arrived'])}",
         ])
     if "paced" in sc and "error" not in sc["paced"]:
         top = str(max(s.paced_streams))
@@ -698,7 +788,7 @@ def table_rows(results: dict, s: Settings) -> list[list[str]]:
                 ms(g), ms(r["floor"]), ms(r["bare_twisted"]), ms(r["bare_klein"]),
                 f"p50 {1000 * g['gaps']['p50']:.1f}, max {1000 * g['gaps']['max']:.0f} ms",
                 "< 60 ms" + ("" if n == top else " (info)"), mark(ok) if n == top else ("ok" if ok else "over"),
-                f"loadclient SSE (client CPU {g['client_cpu_pct']:.0f}%; gateway {g['server_cpu_pct'].get('gateway', 0):.0f}%, worker {g['server_cpu_pct'].get('worker', 0):.0f}%); all arrived: {fmt(g['all_tokens_arrived'])}",
+                f"loadclient SSE (client CPU {g['client_cpu_pct']:.0f}%; gateway {g['server_cpu_pct'].get('gateway', 0):.0f}%, worker {g['server_cpu_pct'].get('worker', 0):.0f}%{bg(g)}); all arrived: {fmt(g['all_tokens_arrived'])}",
             ])
     if "payloads" in sc and "error" not in sc["payloads"]:
         for name, r in sc["payloads"].items():
@@ -708,7 +798,7 @@ def table_rows(results: dict, s: Settings) -> list[list[str]]:
                 f"4 {name}", "MB/s",
                 fmt(b["gateway"]["mbps"], 1), "-", fmt(b["bare_twisted"]["mbps"], 1), fmt(b["bare_klein"]["mbps"], 1),
                 f"{r['ratio_vs_klein']:.2f} vs Klein", f">= {goal}" if goal else "-", mark(r["ratio_vs_klein"] >= goal) if goal else "",
-                f"loadclient c{s.payload_concurrency} (client CPU {b['gateway']['client_cpu_pct']:.0f}%; gateway {b['gateway']['server_cpu_pct'].get('gateway', 0):.0f}%); {fmt(b['gateway']['rps'], 1)} req/s",
+                f"loadclient c{s.payload_concurrency} (client CPU {b['gateway']['client_cpu_pct']:.0f}%; gateway {b['gateway']['server_cpu_pct'].get('gateway', 0):.0f}%{bg(b['gateway'])}); {fmt(b['gateway']['rps'], 1)} req/s",
             ])
     if "memory" in sc and "error" not in sc["memory"]:
         r = sc["memory"]
@@ -744,7 +834,7 @@ def summarize_profiles(profiles: dict, count: int = 12) -> str:
         if "error" in p:
             lines.append(f"[{name}] py-spy failed: {p['error']}")
             continue
-        lines.append(f"[{name}] {p['samples']} samples, idle {p['idle_pct']}%")
+        lines.append(f"[{name}] {p['samples']} samples, gateway busy {p['busy_pct']}% of the time ({os.path.relpath(p['file'], REPO)})")
         lines.append("  self:      " + "; ".join(f"{f} {pct}%" for f, pct in p["self"][:count]))
         lines.append("  inclusive: " + "; ".join(f"{f} {pct}%" for f, pct in p["inclusive"][:count]))
     return "\n".join(lines)

@@ -6,8 +6,10 @@ Conventions of the null worker (see bench/README.md):
 
   - chat: ``bench_tokens`` (default 8) replies of ``TOKEN_TEXT`` each, then
     a final ``finish_reason: stop`` reply carrying usage; with
-    ``bench_interval`` > 0 seconds the tokens follow a fixed schedule
-    (token i at start + i * interval), as a model decoding at a steady rate.
+    ``bench_interval`` > 0 seconds, the first token comes at once and each
+    next one at the next step of a clock ticking every ``bench_interval``
+    seconds, shared by all the streams: a model decoding its streams as one
+    batch, one token for each at every step.
   - embeddings: a token id >= ``DIM_BASE`` at the head of an input asks for
     vectors of ``token - DIM_BASE`` floats (default ``DEFAULT_DIMS``); the
     vector is fixed (seeded), L2-normalised, sent as a list of floats as the

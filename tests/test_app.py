@@ -146,6 +146,24 @@ class ChatTests(Case):
         self.assertEqual([d["n"] for _, d in h.worker.requests], [1, 1, 1])
         self.assertEqual(body["usage"]["completion_tokens"], 3)
 
+    def test_worker_producing_choices_itself(self):
+        def handler(data):
+            return [
+                {"index": 1, "content": "b", "finish_reason": None},
+                {"index": 0, "content": "a", "finish_reason": "stop"},
+                {"index": 1, "content": "", "finish_reason": "length"},
+            ]
+
+        info = WorkerInfo(calls=frozenset({"chat_completions"}), features=frozenset({"chat_n"}))
+        h = AppHarness({"chat_completions": handler}, info=info)
+        body = self.json_of(h, "/v1/chat/completions", {"messages": MESSAGES, "n": 2})
+        validate("CreateChatCompletionResponse", body)
+        self.assertEqual(len(h.worker.requests), 1)
+        self.assertEqual(h.worker.requests[0][1]["n"], 2)
+        self.assertEqual(
+            [(c["message"]["content"], c["finish_reason"]) for c in body["choices"]], [("a", "stop"), ("b", "length")]
+        )
+
     def test_tool_calls_and_logprobs(self):
         call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{\"a\": 1}"}}
         logprobs = {"content": [{"token": "x", "logprob": -0.1, "bytes": [120], "top_logprobs": []}]}

@@ -249,8 +249,9 @@ class CancelTests(SynchronousTestCase):
 class WorkerInfoTests(SynchronousTestCase):
     def test_from_reply(self):
         info = WorkerInfo.from_reply(
-            {"protocol": 2, "calls": ["tokenize", "embeddings", 3], "model": "m", "cancel": True}
+            {"protocol": 2, "calls": ["tokenize", "embeddings", 3], "model": "m", "cancel": True, "features": ["chat_n", 1]}
         )
+        self.assertEqual(info.features, frozenset({"chat_n"}))
         self.assertEqual(info.calls, frozenset({"tokenize", "embeddings"}))
         self.assertEqual((info.model, info.cancel, info.protocol), ("m", True, 2))
         self.assertTrue(info.serves("tokenize"))

@@ -374,3 +374,78 @@ class CompletionsClientTests(TestCase):
             await in_thread(self.client.completions.create, model="m", prompt=[1, 2, 3])
         self.assertEqual(caught.exception.status_code, 400)
         self.assertEqual(caught.exception.body["param"], "prompt")
+
+
+# A worker that streams until it is cancelled, counting cancellations; the
+# prompt "wait for N" answers once N streams were cancelled.
+ENDLESS_WORKER = """
+import asyncio
+import hfendpoint
+
+state = {"cancelled": 0}
+changed = asyncio.Event()
+
+
+@hfendpoint.handler("chat_completions")
+async def chat_completions(data):
+    said = data["prompt"]
+    if said.startswith("wait for "):
+        while state["cancelled"] < int(said.split()[-1]):
+            changed.clear()
+            await changed.wait()
+        yield {"content": f"{state['cancelled']} cancelled", "finish_reason": "stop"}
+        return
+    try:
+        while True:
+            yield {"content": said, "finish_reason": None}
+            await asyncio.sleep(0.01)
+    finally:
+        state["cancelled"] += 1
+        changed.set()
+
+
+asyncio.run(hfendpoint.run())
+"""
+
+
+class CompletionsCancelTests(TestCase):
+    """
+    A client that leaves a stream of several prompts stops the worker's
+    work on every one of them.
+    """
+
+    timeout = 15
+
+    async def test_stream_client_gone(self) -> None:
+        from twisted.internet.defer import Deferred
+        from twisted.internet.protocol import Protocol
+
+        from .gateway import http_client, write_worker
+
+        url, _ = await start_gateway(self, write_worker(self, ENDLESS_WORKER))
+        http = http_client(self)
+        first: Deferred = Deferred()
+        lost: Deferred = Deferred()
+
+        class HangUp(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                if not first.called:
+                    first.callback(data)
+                    self.transport.stopProducing()
+
+            def connectionLost(self, reason: Any) -> None:
+                lost.callback(None)
+
+        response = await http.post(
+            url + "/v1/completions", json={"prompt": ["x", "y", "z"], "stream": True}
+        )
+        self.assertEqual(response.code, 200)
+        response.deliverBody(HangUp())
+        self.assertIn(b'"text_completion"', await first)
+        await lost
+        # Answered only once the worker saw all three streams cancelled (or
+        # the test times out).
+        response = await http.post(url + "/v1/completions", json={"prompt": "wait for 3"})
+        body = json.loads(await response.content())
+        self.assertEqual(response.code, 200, body)
+        self.assertEqual(body["choices"][0]["text"], "3 cancelled")

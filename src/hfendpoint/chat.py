@@ -294,7 +294,7 @@ async def run_choices(
     chunk to C{on_chunk}; return the finished choices, in index order.
     """
     n = data.get("n") or 1
-    if n == 1 or "chat_n" in getattr(client.info, "features", ()):
+    if n == 1 or "chat_n" in client.info.features:
         choices = [Choice(i) for i in range(n)]
         calls = [(data, None)]
     else:

@@ -45,6 +45,8 @@ class WorkerInfo:
         is tried.
     @ivar model: its model name, if it gave one.
     @ivar cancel: whether it understands cancel messages.
+    @ivar features: optional abilities it announced, such as C{chat_n}
+        (it produces C{n} chat choices itself, tagging chunks with C{index}).
     """
 
     def __init__(
@@ -53,11 +55,13 @@ class WorkerInfo:
         model: Optional[str] = None,
         cancel: bool = False,
         protocol: int = 1,
+        features: frozenset[str] = frozenset(),
     ) -> None:
         self.calls = calls
         self.model = model
         self.cancel = cancel
         self.protocol = protocol
+        self.features = features
 
     @classmethod
     def from_reply(cls, reply: Any) -> "WorkerInfo":
@@ -68,6 +72,7 @@ class WorkerInfo:
             return cls()
         calls = reply.get("calls")
         model = reply.get("model")
+        features = reply.get("features")
         return cls(
             calls=frozenset(c for c in calls if isinstance(c, str))
             if isinstance(calls, (list, tuple))
@@ -75,6 +80,9 @@ class WorkerInfo:
             model=model if isinstance(model, str) and model else None,
             cancel=reply.get("cancel") is True,
             protocol=reply.get("protocol") if isinstance(reply.get("protocol"), int) else 1,
+            features=frozenset(f for f in features if isinstance(f, str))
+            if isinstance(features, (list, tuple))
+            else frozenset(),
         )
 
     def serves(self, name: str) -> bool:

@@ -179,9 +179,9 @@ class WorkerService(Service):
         self.client.info = info
         if info.calls is not None:
             self._log.info(
-                "Worker serves {calls} (model {model})",
+                "Worker serves {calls}{model}",
                 calls=", ".join(sorted(info.calls)),
-                model=info.model,
+                model=f" (model {info.model})" if info.model else "",
             )
         self._became_ready()
 

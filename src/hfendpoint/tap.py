@@ -33,8 +33,8 @@ class Options(usage.Options):
 
     optParameters = [
         ["worker", "w", None, "The worker executable (default: the built-in demo worker)."],
-        ["max-image-capacity", None, "1G", "Memory kept for images served by URL.", _size],
-        ["max-body-size", None, "10M", "Largest request body accepted.", _size],
+        ["max-image-capacity", None, parse_size("1G"), "Memory kept for images served by URL (K, M, G suffixes).", _size],
+        ["max-body-size", None, parse_size("10M"), "Largest request body accepted (K, M, G suffixes).", _size],
         ["model-name", None, None, "The model name responses carry."],
         ["reply-timeout", None, 300.0, "Longest wait for each worker reply, in seconds.", float],
         ["first-reply-timeout", None, None, "Longest wait for a request's first reply, in seconds.", float],
@@ -62,7 +62,17 @@ class Options(usage.Options):
     def parseArgs(self, *worker_args: str) -> None:
         self["worker_args"] = list(worker_args)
 
+    _positive = ("reply-timeout", "first-reply-timeout", "request-timeout", "queue-timeout",
+                 "idle-timeout", "max-concurrent-requests", "workers")
+    _non_negative = ("max-queued-requests", "drain-timeout", "max-restarts", "embeddings-batch-tokens")
+
     def postOptions(self) -> None:
+        for name in self._positive:
+            if self[name] is not None and self[name] <= 0:
+                raise usage.UsageError(f"--{name} must be positive")
+        for name in self._non_negative:
+            if self[name] is not None and self[name] < 0:
+                raise usage.UsageError(f"--{name} must not be negative")
         if not self["listen"]:
             self["listen"] = ["tcp:3000"]
         from .process import WorkerNotFound, resolve_worker
