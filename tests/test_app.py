@@ -200,6 +200,26 @@ class ChatTests(Case):
         self.assertEqual(len({c["id"] for c in chunks}), 1)
         self.assertIs(h.worker.requests[0][1]["stream"], True)
 
+    def test_stream_text_survives_encoding(self):
+        pieces = ["Hé", ' "quoted"', "\nnew\tline", " \\ back", " \u2028", " \x00", " 🎉", " </script>"]
+        for stream_options in (None, {"include_usage": True}):
+            h = AppHarness({"chat_completions": tokens_chat(*pieces)})
+            request = {"messages": MESSAGES, "stream": True, "n": 2}
+            if stream_options:
+                request["stream_options"] = stream_options
+            events = self.events_of(h, "/v1/chat/completions", request)
+            chunks = events[:-1]
+            for chunk in chunks:
+                validate("CreateChatCompletionStreamResponse", chunk)
+                self.assertEqual(set(chunk), {"id", "object", "created", "model", "choices"} | ({"usage"} if stream_options else set()))
+            for index in (0, 1):
+                text = "".join(
+                    c["choices"][0]["delta"].get("content", "")
+                    for c in chunks
+                    if c["choices"] and c["choices"][0]["index"] == index
+                )
+                self.assertEqual(text, "".join(pieces))
+
     def test_stream_error_before_any_chunk_is_a_json_error(self):
         def handler(data):
             raise worker_failed("CUDA out of memory")

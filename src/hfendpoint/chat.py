@@ -20,6 +20,7 @@ from . import fields
 from .errors import OpenAIError, invalid_request, worker_failed
 from .interfaces import IWorkerClient
 from .usage import count_prompt_tokens, make_usage
+from .web import dumps, encode_string
 
 CALL = "chat_completions"
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
@@ -415,12 +416,39 @@ class ChatCompletion:
             chunk["usage"] = None if usage is _MISSING else usage
         return chunk
 
+    def _content_template(self, index: int) -> tuple[bytes, bytes]:
+        """
+        The event for a content-only chunk of choice C{index}, split where
+        its text goes.
+        """
+        marker = "\x00text\x00"
+        choice = {"index": index, "delta": {"content": marker}, "logprobs": None, "finish_reason": None}
+        event = b"data: " + dumps(self._chunk([choice])) + b"\n\n"
+        head, tail = event.split(encode_string(marker).encode("utf-8"))
+        return head, tail
+
     async def stream(self, events: Any) -> None:
         options = self._data.get("stream_options") or {}
         self._include_usage = bool(options.get("include_usage"))
         started: set[int] = set()
 
+        templates: dict[int, tuple[bytes, bytes]] = {}
+
         def on_chunk(choice: Choice, chunk: dict) -> None:
+            content = chunk.get("content")
+            if (
+                content
+                and choice.index in started
+                and len(chunk) <= 2
+                and chunk.get("finish_reason") is None
+            ):
+                # The common case, once per token: only the text changes,
+                # so it goes into prepared bytes instead of a JSON encode.
+                head, tail = templates.get(choice.index) or templates.setdefault(
+                    choice.index, self._content_template(choice.index)
+                )
+                events.write_raw(head + encode_string(content).encode("utf-8") + tail)
+                return
             delta: dict[str, Any] = {}
             if choice.index not in started:
                 started.add(choice.index)

@@ -7,6 +7,7 @@ events.
 from __future__ import annotations
 
 import json
+import json.encoder
 from email import message_from_bytes
 from typing import Any, Optional
 
@@ -22,6 +23,10 @@ DEFAULT_MAX_BODY_SIZE = 10 * 1024 * 1024
 _log = Logger()
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+#: A JSON string literal, quotes included, as L{dumps} writes it.
+encode_string = json.encoder.encode_basestring  # type: ignore[attr-defined]
 
 
 def dumps(value: Any) -> bytes:
