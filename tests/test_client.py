@@ -235,7 +235,15 @@ class CancelTests(SynchronousTestCase):
         self.assertEqual(sent(h.transport)[-1], {"id": 2, "name": CANCEL, "data": {"id": 1}})
         self.assertEqual(h.client.pending_count(), 0)
         self.assertEqual(h.clock.getDelayedCalls(), [])
+        logged = []
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
         h.reply(id=1, data={"content": "late"})
+        h.reply(id=77, data={"content": "stray"})
+        warnings = [e for e in logged if "no request waits" in e.get("log_format", "")]
+        self.assertEqual([e["id"] for e in warnings], [77])
 
     def test_cancel_is_not_sent_to_an_older_worker(self):
         h = Harness()

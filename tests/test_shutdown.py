@@ -132,7 +132,7 @@ class TwistdTests(TestCase):
         port = free_port()
         program, transport = start(
             self,
-            ["-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "hfendpoint", "--listen", f"tcp:{port}:interface=127.0.0.1"],
+            ["-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "--logfile=-", "hfendpoint", "--listen", f"tcp:{port}:interface=127.0.0.1"],
         )
         await program.wait_for(b"Worker serves")
         response = await http_client(self).post(

@@ -9,6 +9,7 @@ and the HTTP side never needs to know that a worker was restarted.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred, fail
@@ -34,6 +35,7 @@ CANCEL = "hfendpoint.cancel"
 PROTOCOL_VERSION = 2
 
 OnReply = Callable[[Any], bool]
+MAX_ABANDONED = 4096
 
 
 class WorkerInfo:
@@ -139,6 +141,9 @@ class WorkerClient:
         self._next_id = 1
         self._protocol: Optional[WorkerProtocol] = None
         self.info = WorkerInfo()
+        # Calls given up on (cancelled, timed out): replies already on their
+        # way for them are expected, and dropped without a warning each.
+        self._abandoned: OrderedDict[int, None] = OrderedDict()
 
     # IMessageReceiver
 
@@ -161,6 +166,10 @@ class WorkerClient:
     def message_received(self, message: dict) -> None:
         call = self._pending.get(message["id"])
         if call is None:
+            if message["id"] in self._abandoned:
+                if "error" in message:
+                    del self._abandoned[message["id"]]
+                return
             self._log.warn(
                 "Dropping a reply for id {id}, which no request waits for",
                 id=message["id"],
@@ -253,6 +262,7 @@ class WorkerClient:
         Give up on a call the worker may still be working on.
         """
         self._finish(call)
+        self._remember_abandoned(call.ident)
         self._tell_worker_to_stop(call.ident)
         self._fail(call, error)
 
@@ -260,7 +270,13 @@ class WorkerClient:
         call = self._pending.get(ident)
         if call is not None:
             self._finish(call)
+            self._remember_abandoned(ident)
             self._tell_worker_to_stop(ident)
+
+    def _remember_abandoned(self, ident: int) -> None:
+        self._abandoned[ident] = None
+        if len(self._abandoned) > MAX_ABANDONED:
+            self._abandoned.popitem(last=False)
 
     def _finish(self, call: _Pending) -> None:
         self._pending.pop(call.ident, None)

@@ -9,6 +9,12 @@ the request. The replies become C{text_completion} objects, whole or as
 a stream of them. With several prompts, the choices of prompt C{p} are
 numbered C{p * n} to C{p * n + n - 1}, as the API does.
 
+C{logprobs} (an integer here) reaches the worker as it is, plus
+C{top_logprobs} with the same number for a chat worker; the chat-shaped
+log probabilities a worker sends back (C{{"content": [{"token",
+"logprob", "top_logprobs"}]}}) become the completions shape (C{tokens},
+C{token_logprobs}, C{top_logprobs}, C{text_offset}).
+
 Token-array prompts are refused: the protocol has no call that turns
 token ids back into text for a chat worker.
 """

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import math
-import struct
 import sys
 from array import array
 from typing import Any, Optional

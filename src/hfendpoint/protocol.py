@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import Attribute, Interface
+from zope.interface import Interface
 
 DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024 * 1024
 
