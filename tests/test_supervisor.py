@@ -160,12 +160,14 @@ class RestartTests(SynchronousTestCase):
         h.worker.exit("was killed by SIGKILL")
         self.assertEqual(self.failureResultOf(pending).value.status, 502)
         self.assertEqual(h.service.state, "restarting")
+        self.assertEqual(h.service.describe(), "The worker is restarting; it last was killed by SIGKILL.")
         h.clock.advance(h.service.min_delay)
         self.assertEqual(len(h.workers), 2)
         self.assertEqual(h.service.state, "starting")
         h.worker.answer_handshake({"calls": ["a"]})
         self.assertTrue(h.service.ready)
         self.assertEqual(h.service.restarts, 1)
+        self.assertEqual(h.service.describe(), "The worker is ready (1 restart(s) so far).")
         # Ids keep increasing across workers.
         d = h.client.call("a", {})
         request = h.worker.requests()[-1]

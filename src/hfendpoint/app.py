@@ -44,6 +44,7 @@ class GatewayApp:
         is_ready: Callable[[], bool] = lambda: True,
         clock: Callable[[], float] = time.time,
         batcher: Optional[EmbeddingBatcher] = None,
+        not_ready_reason: Callable[[], str] = lambda: "The worker is not ready.",
     ) -> None:
         verifyObject(IWorkerClient, client)
         verifyObject(IImageStore, store)
@@ -51,6 +52,7 @@ class GatewayApp:
         self.store = store
         self._model_name = model_name
         self.is_ready = is_ready
+        self.not_ready_reason = not_ready_reason
         self._clock = clock
         self.batcher = batcher or EmbeddingBatcher(client)
 
@@ -147,8 +149,7 @@ class GatewayApp:
         if self.is_ready():
             return send_json(request, {"status": "ready"})
         return send_error(
-            request,
-            OpenAIError(503, "The worker is not ready.", "api_error", None, "worker_unavailable"),
+            request, OpenAIError(503, self.not_ready_reason(), "api_error", None, "worker_unavailable")
         )
 
     # Models

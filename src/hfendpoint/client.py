@@ -38,6 +38,20 @@ OnReply = Callable[[Any], bool]
 MAX_ABANDONED = 4096
 
 
+def single_reply(client: Any, name: str, data: Any) -> Deferred:
+    """
+    A call of C{client} that has exactly one reply, made with its
+    C{request}: the Deferred fires with that reply's C{data}.
+    """
+    box: list[Any] = []
+
+    def on_reply(reply: Any) -> bool:
+        box.append(reply)
+        return True
+
+    return client.request(name, data, on_reply).addCallback(lambda _: box[0])
+
+
 class WorkerInfo:
     """
     What the worker told us of itself.
@@ -215,13 +229,7 @@ class WorkerClient:
         return deferred
 
     def call(self, name: str, data: Any) -> Deferred:
-        box: list[Any] = []
-
-        def on_reply(reply: Any) -> bool:
-            box.append(reply)
-            return True
-
-        return self.request(name, data, on_reply).addCallback(lambda _: box[0])
+        return single_reply(self, name, data)
 
     # Internals
 

@@ -124,6 +124,7 @@ class GatewayService(MultiService):
             self.store,
             model_name=model_name,
             is_ready=lambda: any(w.ready for w in self.workers),
+            not_ready_reason=lambda: " ".join(w.describe() for w in self.workers),
             batcher=batcher,
         )
         self.admission = AdmissionResource(

@@ -116,6 +116,17 @@ class WorkerService(Service):
     def ready(self) -> bool:
         return self.state == "ready"
 
+    def describe(self) -> str:
+        """
+        The worker's state in a sentence, for readiness checks and logs.
+        """
+        text = f"The worker is {self.state}"
+        if self.restarts:
+            text += f" ({self.restarts} restart(s) so far)"
+        if self.last_exit and self.state != "ready":
+            text += f"; it last {self.last_exit}"
+        return text + "."
+
     # IService
 
     def startService(self) -> None:

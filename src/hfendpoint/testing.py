@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .client import WorkerInfo
+from .client import WorkerInfo, single_reply
 from .errors import OpenAIError, worker_failed
 from .interfaces import IWorkerClient
 
@@ -113,13 +113,7 @@ class FakeWorkerClient:
         return call.deferred
 
     def call(self, name: str, data: Any) -> Deferred:
-        box: list[Any] = []
-
-        def on_reply(reply: Any) -> bool:
-            box.append(reply)
-            return True
-
-        return self.request(name, data, on_reply).addCallback(lambda _: box[0])
+        return single_reply(self, name, data)
 
     def _cancelled(self, call: FakeCall) -> None:
         if self.pending.pop(call.ident, None) is not None:
