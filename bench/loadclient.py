@@ -239,6 +239,7 @@ async def http_closed(spec: dict) -> dict:
         total = nbytes
         ok = status == 200
         if fetch and ok:
+            conn.parser.keep, conn.parser.body = False, None
             for item in json.loads(body)["data"]:
                 url = urlsplit(item["url"])
                 get = http_request("GET", host, port, url.path)
@@ -248,6 +249,7 @@ async def http_closed(spec: dict) -> dict:
                 if measuring:
                     stats["fetched"] += 1
                     stats["fetched_bytes"] += n2
+            conn.parser.keep, conn.parser.body = True, bytearray()
         if measuring:
             latencies.append(perf() - started)
             stats["requests"] += 1

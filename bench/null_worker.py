@@ -22,12 +22,14 @@ import hfendpoint  # noqa: E402
 from hfendpoint import WorkerError  # noqa: E402
 
 from shapes import (  # noqa: E402
+    BIN_BASE,
     DEFAULT_CHAT_TOKENS,
     DEFAULT_DIMS,
     DIM_BASE,
     MODEL,
     TOKEN_TEXT,
     fixed_vector,
+    fixed_vector_bytes,
     make_png,
 )
 
@@ -114,11 +116,15 @@ async def embeddings(data: dict) -> dict:
     inputs = data.get("input")
     if not isinstance(inputs, list):
         raise WorkerError("input must be a list of token lists")
-    vectors = []
+    vectors: list = []
     for tokens in inputs:
         head = tokens[0] if isinstance(tokens, list) and tokens else 0
-        dims = head - DIM_BASE if isinstance(head, int) and head > DIM_BASE else DEFAULT_DIMS
-        vectors.append(fixed_vector(dims))
+        if not isinstance(head, int) or head <= DIM_BASE:
+            vectors.append(fixed_vector(DEFAULT_DIMS))
+        elif head > BIN_BASE:
+            vectors.append(fixed_vector_bytes(head - BIN_BASE))
+        else:
+            vectors.append(fixed_vector(head - DIM_BASE))
     return {"embeddings": vectors}
 
 

@@ -47,6 +47,7 @@ import shapes  # noqa: E402
 from loadclient import ResponseParser, http_request, proc_cpu  # noqa: E402
 
 HOST = "127.0.0.1"
+TARGETS = ("floor", "bare_twisted", "bare_klein", "gateway")
 SCENARIOS = ("small", "latency", "burst", "paced", "memory", "payloads")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PROFILE_RATE = 250
@@ -562,6 +563,19 @@ def verify_bare(server: Server, requests: list[dict], checks: dict) -> None:
 # The scenarios
 
 
+def worker_call(path: str, data: dict) -> tuple[str, dict]:
+    """
+    The worker call the gateway makes for an HTTP request: what the floor
+    sends.
+    """
+    if path == "/v1/embeddings":
+        return "embeddings", {"input": data["input"]}
+    if path == "/v1/images/generations":
+        width, height = (int(v) for v in data["size"].split("x"))
+        return "images_generations", {"prompt": data["prompt"], "n": data.get("n", 1), "width": width, "height": height}
+    return "chat_completions", data
+
+
 class Bench:
     def __init__(self, runner: Runner, settings: Settings) -> None:
         self.r = runner
@@ -575,14 +589,13 @@ class Bench:
         }
         self.burst = shapes.chat_data(s.burst_tokens, stream=True)
         self.paced = shapes.chat_data(s.paced_tokens, s.interval, stream=True)
-        tokens = shapes.embeddings_tokens(s.payload_inputs, 8, s.payload_dims)
         self.payloads = {
             "embeddings_float": {"path": "/v1/embeddings", "data": shapes.embeddings_data(s.payload_inputs, 8, s.payload_dims, "float"), "goal": None},
             "embeddings_base64": {"path": "/v1/embeddings", "data": shapes.embeddings_data(s.payload_inputs, 8, s.payload_dims, "base64"), "goal": 0.7},
+            "embeddings_base64_binworker": {"path": "/v1/embeddings", "data": shapes.embeddings_data(s.payload_inputs, 8, s.payload_dims, "base64", binary=True), "goal": None},
             "image_b64_json": {"path": "/v1/images/generations", "data": shapes.image_data(s.image_bytes, "b64_json"), "goal": 0.7},
             "image_url": {"path": "/v1/images/generations", "data": shapes.image_data(s.image_bytes, "url"), "goal": 0.7, "fetch": True},
         }
-        del tokens
 
     def recorded_requests(self) -> list[dict]:
         out = [{"name": f"small_{k}", "path": v["path"], "data": v["data"], "kind": "plain"} for k, v in self.small.items()]
@@ -704,9 +717,16 @@ class Bench:
                     profile = f"payload_{name}" if target == "gateway" and i == 0 else None
                     rounds[target].append(self.r.client(spec, target, self.s.payload_duration + self.s.warmup + 120, profile))
             best = {t: max(rs, key=lambda r: r["mbps"]) for t, rs in rounds.items()}
+            call, data = worker_call(p["path"], p["data"])
+            floor = self.r.client({"mode": "msgpack_closed", "name": call, "data": data, "concurrency": self.s.payload_concurrency,
+                                   "duration": self.s.payload_duration, "warmup": self.s.warmup}, "floor", self.s.payload_duration + 120)
+            # What the worker alone could feed, in the gateway's HTTP bytes.
+            per_request = best["gateway"]["bytes"] / max(1, best["gateway"]["requests"])
+            floor["mbps"] = floor["rps"] * per_request / 1e6
             out[name] = {
                 "rounds": rounds,
                 "best": best,
+                "floor": floor,
                 "goal": p["goal"],
                 "ratio_vs_klein": best["gateway"]["mbps"] / best["bare_klein"]["mbps"],
                 "ratio_vs_twisted": best["gateway"]["mbps"] / best["bare_twisted"]["mbps"],
@@ -735,6 +755,16 @@ def bg(result: dict) -> str:
     return f"; other programs {value:.0f}%" if value and value >= 10 else ""
 
 
+def client_max(results: dict) -> str:
+    """
+    The busiest client among the targets of a row, when it is not the
+    gateway's: a ceiling measured with a busy client is a low estimate.
+    """
+    busiest = max(results.items(), key=lambda kv: kv[1].get("client_cpu_pct", 0))
+    name, value = busiest[0], busiest[1].get("client_cpu_pct", 0)
+    return f"; client CPU {value:.0f}% on {name}" if name != "gateway" and value >= 50 else ""
+
+
 def table_rows(results: dict, s: Settings) -> list[list[str]]:
     """
     Scenario, metric, gateway, floor, bare twisted, bare Klein, ratio,
@@ -751,7 +781,7 @@ def table_rows(results: dict, s: Settings) -> list[list[str]]:
                 f"1 small {kind}", "req/s @c64",
                 fmt(b["gateway"]["rps"]), fmt(r["floor"]["rps"]), fmt(b["bare_twisted"]["rps"]), fmt(b["bare_klein"]["rps"]),
                 f"{r['ratio_vs_klein']:.2f} vs Klein", ">= 0.9", mark(r["ratio_vs_klein"] >= 0.9),
-                f"{b['gateway']['tool']} (client CPU {b['gateway']['client_cpu_pct']:.0f}%; gateway {gw_cpu.get('gateway', 0):.0f}%, worker {gw_cpu.get('worker', 0):.0f}%{bg(b['gateway'])})",
+                f"{b['gateway']['tool']} (client CPU {b['gateway']['client_cpu_pct']:.0f}%; gateway {gw_cpu.get('gateway', 0):.0f}%, worker {gw_cpu.get('worker', 0):.0f}%{bg(b['gateway'])}{client_max(b)})",
             ])
     if "latency" in sc and "error" not in sc["latency"]:
         for kind, r in sc["latency"].items():
@@ -775,7 +805,7 @@ def table_rows(results: dict, s: Settings) -> list[list[str]]:
             f"3a burst {s.burst_streams}x{s.burst_tokens}", "tokens/s",
             fmt(g["tokens_per_s"]), fmt(r["floor"]["tokens_per_s"]), fmt(r["bare_twisted"]["tokens_per_s"]), fmt(r["bare_klein"]["tokens_per_s"]),
             f"{r['ratio_vs_klein']:.2f} vs Klein, {r['ratio_vs_floor']:.2f} vs floor", ">= 300,000", mark(g["tokens_per_s"] >= 300000 and g["all_tokens_arrived"]),
-            f"loadclient SSE (client CPU {g['client_cpu_pct']:.0f}%; gateway {g['server_cpu_pct'].get('gateway', 0):.0f}%, worker {g['server_cpu_pct'].get('worker', 0):.0f}%{bg(g)}); all arrived: {fmt(g['all_tokens_arrived'])}",
+            f"loadclient SSE (client CPU {g['client_cpu_pct']:.0f}%; gateway {g['server_cpu_pct'].get('gateway', 0):.0f}%, worker {g['server_cpu_pct'].get('worker', 0):.0f}%{bg(g)}{client_max({t: r[t] for t in TARGETS})}); all arrived: {fmt(g['all_tokens_arrived'])}",
         ])
     if "paced" in sc and "error" not in sc["paced"]:
         top = str(max(s.paced_streams))
@@ -788,7 +818,7 @@ def table_rows(results: dict, s: Settings) -> list[list[str]]:
                 ms(g), ms(r["floor"]), ms(r["bare_twisted"]), ms(r["bare_klein"]),
                 f"p50 {1000 * g['gaps']['p50']:.1f}, max {1000 * g['gaps']['max']:.0f} ms",
                 "< 60 ms" + ("" if n == top else " (info)"), mark(ok) if n == top else ("ok" if ok else "over"),
-                f"loadclient SSE (client CPU {g['client_cpu_pct']:.0f}%; gateway {g['server_cpu_pct'].get('gateway', 0):.0f}%, worker {g['server_cpu_pct'].get('worker', 0):.0f}%{bg(g)}); all arrived: {fmt(g['all_tokens_arrived'])}",
+                f"loadclient SSE (client CPU {g['client_cpu_pct']:.0f}%; gateway {g['server_cpu_pct'].get('gateway', 0):.0f}%, worker {g['server_cpu_pct'].get('worker', 0):.0f}%{bg(g)}{client_max({t: r[t] for t in TARGETS})}); all arrived: {fmt(g['all_tokens_arrived'])}",
             ])
     if "payloads" in sc and "error" not in sc["payloads"]:
         for name, r in sc["payloads"].items():
@@ -796,9 +826,9 @@ def table_rows(results: dict, s: Settings) -> list[list[str]]:
             goal = r["goal"]
             rows.append([
                 f"4 {name}", "MB/s",
-                fmt(b["gateway"]["mbps"], 1), "-", fmt(b["bare_twisted"]["mbps"], 1), fmt(b["bare_klein"]["mbps"], 1),
+                fmt(b["gateway"]["mbps"], 1), fmt(r["floor"]["mbps"], 1) if "floor" in r else "-", fmt(b["bare_twisted"]["mbps"], 1), fmt(b["bare_klein"]["mbps"], 1),
                 f"{r['ratio_vs_klein']:.2f} vs Klein", f">= {goal}" if goal else "-", mark(r["ratio_vs_klein"] >= goal) if goal else "",
-                f"loadclient c{s.payload_concurrency} (client CPU {b['gateway']['client_cpu_pct']:.0f}%; gateway {b['gateway']['server_cpu_pct'].get('gateway', 0):.0f}%{bg(b['gateway'])}); {fmt(b['gateway']['rps'], 1)} req/s",
+                f"loadclient c{s.payload_concurrency} (client CPU {b['gateway']['client_cpu_pct']:.0f}%; gateway {b['gateway']['server_cpu_pct'].get('gateway', 0):.0f}%, worker {b['gateway']['server_cpu_pct'].get('worker', 0):.0f}%{bg(b['gateway'])}{client_max(b)}); {fmt(b['gateway']['rps'], 1)} req/s",
             ])
     if "memory" in sc and "error" not in sc["memory"]:
         r = sc["memory"]
@@ -838,6 +868,19 @@ def summarize_profiles(profiles: dict, count: int = 12) -> str:
         lines.append("  self:      " + "; ".join(f"{f} {pct}%" for f, pct in p["self"][:count]))
         lines.append("  inclusive: " + "; ".join(f"{f} {pct}%" for f, pct in p["inclusive"][:count]))
     return "\n".join(lines)
+
+
+def git_state() -> dict:
+    """
+    The commit measured, and whether src/ had uncommitted changes.
+    """
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {"commit": git("rev-parse", "--short", "HEAD"), "src_changes": git("status", "--porcelain", "src").splitlines()}
 
 
 def machine() -> dict:
@@ -889,7 +932,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("note: --profile needs py-spy (pip install py-spy); profiling is off", file=sys.stderr)
     bench = Bench(runner, settings)
     command = " ".join(["python", "bench/run.py"] + (argv if argv is not None else sys.argv[1:]))
-    results: dict[str, Any] = {"command": command, "quick": args.quick, "started": stamp, "machine": machine(),
+    results: dict[str, Any] = {"command": command, "quick": args.quick, "started": stamp, "machine": machine(), "git": git_state(),
                                "settings": vars(settings), "scenarios": {}}
     started = time.monotonic()
     try:
@@ -926,6 +969,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     with open(output, "w") as f:
         json.dump(results, f, indent=1, default=str)
     print()
+    m, g = results["machine"], results["git"]
+    print(f"{m['cpus']} CPUs ({m['cpu_model']}), Python {m['python']}, Twisted {m['versions'].get('twisted')}, "
+          f"hfendpoint at {g['commit']}{' + uncommitted src changes' if g['src_changes'] else ''}")
     print(render_table(rows))
     failed = [n for n, r in results["scenarios"].items() if "error" in r]
     for n in failed:

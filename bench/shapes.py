@@ -10,10 +10,11 @@ Conventions of the null worker (see bench/README.md):
     next one at the next step of a clock ticking every ``bench_interval``
     seconds, shared by all the streams: a model decoding its streams as one
     batch, one token for each at every step.
-  - embeddings: a token id >= ``DIM_BASE`` at the head of an input asks for
-    vectors of ``token - DIM_BASE`` floats (default ``DEFAULT_DIMS``); the
-    vector is fixed (seeded), L2-normalised, sent as a list of floats as the
-    original protocol has it.
+  - embeddings: a token id ``DIM_BASE + d`` at the head of an input asks for
+    a vector of d floats (default ``DEFAULT_DIMS``), fixed (seeded) and
+    L2-normalised, sent as a list of floats as the original protocol has it;
+    ``BIN_BASE + d`` asks for the same vector as ``bin`` of little-endian
+    float32 (our protocol extension).
   - images: ``size = WxH`` asks for a PNG of exactly W * H bytes
     (2048x2048 = 4 MiB): a valid PNG whose bulk is an ancillary chunk of
     incompressible bytes.
@@ -29,6 +30,7 @@ import zlib
 from functools import lru_cache
 
 DIM_BASE = 1_000_000
+BIN_BASE = 2_000_000
 DEFAULT_DIMS = 384
 DEFAULT_CHAT_TOKENS = 8
 TOKEN_TEXT = " tok"
@@ -81,12 +83,18 @@ def chat_data(tokens: int, interval: float = 0.0, stream: bool = False) -> dict:
     return data
 
 
-def embeddings_tokens(inputs: int, tokens: int, dims: int) -> list[list[int]]:
-    return [[DIM_BASE + dims] + [1000 + (i + j) % 5000 for j in range(tokens - 1)] for i in range(inputs)]
+@lru_cache(maxsize=64)
+def fixed_vector_bytes(dims: int) -> bytes:
+    return struct.pack(f"<{dims}f", *fixed_vector(dims))
 
 
-def embeddings_data(inputs: int, tokens: int, dims: int, encoding: str = "float") -> dict:
-    return {"model": MODEL, "input": embeddings_tokens(inputs, tokens, dims), "encoding_format": encoding}
+def embeddings_tokens(inputs: int, tokens: int, dims: int, binary: bool = False) -> list[list[int]]:
+    head = (BIN_BASE if binary else DIM_BASE) + dims
+    return [[head] + [1000 + (i + j) % 5000 for j in range(tokens - 1)] for i in range(inputs)]
+
+
+def embeddings_data(inputs: int, tokens: int, dims: int, encoding: str = "float", binary: bool = False) -> dict:
+    return {"model": MODEL, "input": embeddings_tokens(inputs, tokens, dims, binary), "encoding_format": encoding}
 
 
 def image_data(nbytes: int, response_format: str) -> dict:

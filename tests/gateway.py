@@ -15,6 +15,7 @@ once the worker process is gone.
 from __future__ import annotations
 
 import base64
+from array import array
 import math
 import os
 import random
@@ -205,6 +206,14 @@ def tiny_png(width: int = 2, height: int = 2) -> bytes:
         + chunk(b"IDAT", zlib.compress(scanlines))
         + chunk(b"IEND", b"")
     )
+
+
+def as_float32(values: list[float]) -> list[float]:
+    """
+    Numbers rounded to float32, as the gateway sends embeddings: JSON
+    floats carry nine significant digits, exactly enough for a float32.
+    """
+    return array("f", values).tolist()
 
 
 def decode_float32(text: str) -> list[float]:

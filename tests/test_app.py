@@ -435,6 +435,17 @@ class EmbeddingsTests(Case):
         body = self.json_of(h, "/v1/embeddings", {"input": [1], "dimensions": 1})
         self.assertEqual(body["data"][0]["embedding"], [1.0])
 
+    def test_floats_read_back_as_the_same_float32(self):
+        values = [0.1, 1e-7, -3.4028234663852886e38, 0.0, -0.0, 123456.789, 2.5e-40]
+        h = AppHarness({"embeddings": lambda data: [{"embeddings": [values]}]})
+        body = self.json_of(h, "/v1/embeddings", {"input": [1]})
+        self.assertEqual(array("f", body["data"][0]["embedding"]).tobytes(), array("f", values).tobytes())
+
+    def test_non_finite_vector(self):
+        h = AppHarness({"embeddings": lambda data: [{"embeddings": [[1.0, float("nan")]]}]})
+        error = self.error_of(h, "/v1/embeddings", {"input": [1]}, 500)
+        self.assertIn("not finite", error["message"])
+
     def test_failed_item(self):
         h = AppHarness({"embeddings": lambda data: [{"embeddings": [[1.0], None]}]})
         error = self.error_of(h, "/v1/embeddings", {"input": [[1], [2]]}, 500)

@@ -4,6 +4,7 @@ written together when it catches up, and a client too far behind dropped.
 """
 
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
@@ -55,9 +56,14 @@ class FakeRequest:
 
 
 class EventStreamTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+
+    def stream(self, request, **kwargs):
+        return EventStream(request, clock=self.clock, **kwargs)
     def test_is_a_streaming_producer(self):
         request = FakeRequest()
-        events = EventStream(request)
+        events = self.stream(request)
         verifyObject(IPushProducer, events)
         self.assertEqual(request.producer, (events, True))
         events.close()
@@ -65,42 +71,58 @@ class EventStreamTests(SynchronousTestCase):
 
     def test_headers_with_the_first_event(self):
         request = FakeRequest()
-        events = EventStream(request)
+        events = self.stream(request)
         self.assertIsNone(request.code)
         events.send({"a": 1}, event="thing")
+        self.clock.advance(0)
         self.assertEqual(request.code, 200)
         self.assertEqual(request.headers[b"content-type"], b"text/event-stream; charset=utf-8")
         self.assertEqual(request.writes, [b'event: thing\ndata: {"a":1}\n\n'])
 
     def test_slow_client_gets_held_events_in_one_write_in_order(self):
         request = FakeRequest()
-        events = EventStream(request)
+        events = self.stream(request)
         events.send({"n": 0})
+        self.clock.advance(0)
         events.pauseProducing()
         for n in range(1, 50):
             events.send({"n": n})
+        self.clock.advance(0)
         self.assertEqual(len(request.writes), 1)
         events.resumeProducing()
         self.assertEqual(len(request.writes), 2)
         events.send({"n": 50})
         events.done()
+        self.clock.advance(0)
+        self.assertEqual(len(request.writes), 3)
         joined = b"".join(request.writes)
         expected = b"".join(b'data: {"n":%d}\n\n' % n for n in range(51)) + b"data: [DONE]\n\n"
         self.assertEqual(joined, expected)
 
+    def test_events_of_one_turn_go_in_one_write(self):
+        request = FakeRequest()
+        events = self.stream(request)
+        for n in range(3):
+            events.send({"n": n})
+        self.assertEqual(request.writes, [])
+        self.clock.advance(0)
+        self.assertEqual(request.writes, [b'data: {"n":0}\n\ndata: {"n":1}\n\ndata: {"n":2}\n\n'])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_close_flushes_what_is_held(self):
         request = FakeRequest()
-        events = EventStream(request)
+        events = self.stream(request)
         events.pauseProducing()
         events.send({"n": 1})
         events.done()
         self.assertEqual(request.writes, [])
         events.close()
         self.assertEqual(request.writes, [b'data: {"n":1}\n\ndata: [DONE]\n\n'])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_client_too_far_behind_is_dropped(self):
         request = FakeRequest()
-        events = EventStream(request, max_buffer=1000)
+        events = self.stream(request, max_buffer=1000)
         events.pauseProducing()
         for n in range(100):
             events.send({"n": n})
@@ -111,7 +133,7 @@ class EventStreamTests(SynchronousTestCase):
 
     def test_nothing_written_after_the_client_left(self):
         request = FakeRequest()
-        events = EventStream(request)
+        events = self.stream(request)
         request._finished.errback(Failure(Exception("gone")))
         events.send({"n": 1})
         self.assertEqual(request.writes, [])

@@ -21,6 +21,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
 from .gateway import (
+    as_float32,
     PNG_SIGNATURE,
     decode_float32,
     demo_embedding,
@@ -602,7 +603,7 @@ class EmbeddingsTests(GatewayTestCase):
         for f, e in zip(floats["data"], encoded["data"]):
             self.assertIsInstance(e["embedding"], str)
             self.assertEqual(len(base64.b64decode(e["embedding"])), 4 * DEMO_DIMENSION)
-            self.assertEqual(decode_float32(e["embedding"]), f["embedding"])
+            self.assertEqual(decode_float32(e["embedding"]), as_float32(f["embedding"]))
         self.assertEqual(floats["usage"], encoded["usage"])
 
     async def test_largest_batch(self) -> None:

@@ -208,10 +208,9 @@ class GatewayApp:
         if wanted["tokens"] is None:
             self._require("tokenize")
         self._require("embeddings")
-        return send_json(
-            request,
-            await embeddings.create_embeddings(self.client, self.batcher, wanted, self.model_name),
-        )
+        body = await embeddings.create_embeddings(self.client, self.batcher, wanted, self.model_name)
+        request.setHeader(b"content-type", b"application/json")
+        return body
 
     # Images
 

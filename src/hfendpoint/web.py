@@ -11,7 +11,7 @@ import json.encoder
 from email import message_from_bytes
 from typing import Any, Optional
 
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.web.server import Request, Site
 from zope.interface import implementer
@@ -86,6 +86,10 @@ class EventStream:
     """
     Server-sent events on one response, with flow control.
 
+    Events are written at the end of the reactor's turn, all those of the
+    turn in one write: a worker's replies arrive many per read, so a
+    stream costs one write per read rather than one per token.
+
     Headers go out with the first event, so a failure before any event
     can still be answered with a proper JSON error and status.
 
@@ -100,7 +104,13 @@ class EventStream:
     @ivar closed: whether the client went away (or was dropped).
     """
 
-    def __init__(self, request: Any, max_buffer: int = 8 * 1024 * 1024) -> None:
+    def __init__(
+        self, request: Any, max_buffer: int = 8 * 1024 * 1024, clock: Optional[IReactorTime] = None
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self._clock = clock
+        self._flush_call: Any = None
         self._request = request
         self._max_buffer = max_buffer
         self._held: list[bytes] = []
@@ -135,13 +145,18 @@ class EventStream:
             return
         if not self.started:
             self._start()
+        self._held.append(data)
+        self._held_size += len(data)
         if self._paused:
-            self._held.append(data)
-            self._held_size += len(data)
             if self._held_size > self._max_buffer:
                 self._overflow()
-            return
-        self._request.write(data)
+        elif self._flush_call is None:
+            self._flush_call = self._clock.callLater(0, self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush_call = None
+        if not self._paused:
+            self._flush()
 
     def done(self) -> None:
         """
@@ -154,6 +169,9 @@ class EventStream:
         Write what is held and stop being the response's producer; call it
         before the response finishes.
         """
+        if self._flush_call is not None:
+            self._flush_call.cancel()
+            self._flush_call = None
         self._flush()
         if not self.closed:
             self._request.unregisterProducer()
@@ -167,6 +185,9 @@ class EventStream:
 
     def _overflow(self) -> None:
         self.closed = True
+        if self._flush_call is not None:
+            self._flush_call.cancel()
+            self._flush_call = None
         self._held = []
         self._held_size = 0
         _log.warn("Dropping a client that fell too far behind its event stream")
