@@ -43,6 +43,10 @@ class ParserTests(SynchronousTestCase):
         self.assertEqual(args.max_body_size, 10 * 1024**2)
         self.assertIsNone(args.worker)
 
+    def test_access_log_switch(self):
+        self.assertTrue(build_parser().parse_args([]).access_log)
+        self.assertFalse(build_parser().parse_args(["--no-access-log"]).access_log)
+
     def test_worker_args_pass_through(self):
         args = build_parser().parse_args(["--port", "8000", "./worker", "--model", "x", "-v"])
         self.assertEqual(args.port, 8000)

@@ -172,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="give up and exit after N restarts of a failing worker in a row "
         "(default: restart forever, with a growing delay; 0: exit when the worker exits)",
     )
+    parser.add_argument(
+        "--no-access-log",
+        dest="access_log",
+        action="store_false",
+        help="do not log a line for each HTTP request",
+    )
     parser.add_argument("--version", action="version", version=f"hfendpoint {__version__}")
     parser.add_argument("worker", nargs="?", metavar="WORKER_PATH", help="the worker executable")
     parser.add_argument("worker_args", nargs=argparse.REMAINDER, metavar="WORKER_ARGS", help="arguments for the worker")
@@ -225,6 +231,7 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
         max_restarts=args.max_restarts,
         workers=args.workers,
         batch_tokens=args.embeddings_batch_tokens,
+        access_log=args.access_log,
     )
     gateway.stop_reactor_on_failure = True
     outcome = {"code": 0}

@@ -81,6 +81,7 @@ class GatewayService(MultiService):
         max_worker_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         workers: int = 1,
         batch_tokens: int = 16384,
+        access_log: bool = True,
     ) -> None:
         super().__init__()
         self._reactor = reactor
@@ -135,7 +136,11 @@ class GatewayService(MultiService):
             queue_timeout=queue_timeout,
         )
         self.site = GatewaySite(
-            self.admission, max_body_size=max_body_size, timeout=idle_timeout, reactor=reactor
+            self.admission,
+            max_body_size=max_body_size,
+            access_log=access_log,
+            timeout=idle_timeout,
+            reactor=reactor,
         )
         self._failure_waiters: list[Deferred] = []
         self._listeners = []

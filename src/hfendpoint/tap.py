@@ -31,6 +31,8 @@ class Options(usage.Options):
         "the options are passed to the worker."
     )
 
+    optFlags = [["no-access-log", None, "Do not log a line for each HTTP request."]]
+
     optParameters = [
         ["worker", "w", None, "The worker executable (default: the built-in demo worker)."],
         ["max-image-capacity", None, parse_size("1G"), "Memory kept for images served by URL (K, M, G suffixes).", _size],
@@ -111,6 +113,7 @@ def makeService(options: Options) -> Any:
         max_restarts=options["max-restarts"],
         workers=options["workers"],
         batch_tokens=options["embeddings-batch-tokens"],
+        access_log=not options["no-access-log"],
     )
     gateway.stop_reactor_on_failure = True
     return gateway

@@ -318,6 +318,17 @@ class GatewaySite(Site):
 
     requestFactory = LimitedRequest
 
-    def __init__(self, resource: Any, max_body_size: int = DEFAULT_MAX_BODY_SIZE, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        resource: Any,
+        max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+        access_log: bool = True,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(resource, **kwargs)
         self.max_body_size = max_body_size
+        self.access_log = access_log
+
+    def log(self, request: Any) -> None:
+        if self.access_log:
+            super().log(request)
