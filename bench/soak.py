@@ -3,8 +3,8 @@
 A bounded load and soak run: many thousand requests at high concurrency
 against a real gateway and the null worker, a mix of plain and streamed
 chat, embeddings, and clients that hang up mid-stream. It passes when no
-request failed and the gateway's memory did not
-grow from one round to the next.
+request failed and the gateway's memory did not grow from the second
+round to the last (the first warms up).
 
     python bench/soak.py [--requests 20000] [--concurrency 128] [--rounds 4]
 
