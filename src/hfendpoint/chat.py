@@ -124,14 +124,7 @@ def validate_chat_request(body: dict) -> dict:
     validate_logit_bias(body)
     validate_response_format(body)
     validate_tools(body)
-    options = fields.get_object(body, "stream_options")
-    if options is not None:
-        if not stream:
-            raise invalid_request(
-                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
-                param="stream_options",
-            )
-        fields.get_bool(options, "include_usage", prefix="stream_options.")
+    validate_stream_options(body, stream)
     data = dict(body)
     data["stream"] = stream
     if n is not None:
@@ -139,6 +132,21 @@ def validate_chat_request(body: dict) -> dict:
     if max_tokens is None and max_completion is not None:
         data["max_tokens"] = max_completion
     return data
+
+
+def validate_stream_options(body: dict, stream: bool) -> bool:
+    """
+    @return: whether the client asked for the final usage chunk.
+    """
+    options = fields.get_object(body, "stream_options")
+    if options is None:
+        return False
+    if not stream:
+        raise invalid_request(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            param="stream_options",
+        )
+    return bool(fields.get_bool(options, "include_usage", prefix="stream_options."))
 
 
 def validate_logit_bias(body: dict) -> None:

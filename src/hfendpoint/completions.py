@@ -35,6 +35,7 @@ from .chat import (
     validate_logit_bias,
     validate_sampling,
     validate_stop,
+    validate_stream_options,
 )
 from .errors import OpenAIError, invalid_request
 from .interfaces import IWorkerClient
@@ -104,15 +105,7 @@ def validate_request(body: dict) -> dict:
         )
     max_tokens = fields.get_int(body, "max_tokens", DEFAULT_MAX_TOKENS, minimum=0)
     logprobs = fields.get_int(body, "logprobs", minimum=0, maximum=MAX_LOGPROBS)
-    include_usage = False
-    options = fields.get_object(body, "stream_options")
-    if options is not None:
-        if not stream:
-            raise invalid_request(
-                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
-                param="stream_options",
-            )
-        include_usage = bool(fields.get_bool(options, "include_usage", prefix="stream_options."))
+    include_usage = validate_stream_options(body, stream)
     data = dict(body)
     data["stream"] = stream
     data["n"] = n
