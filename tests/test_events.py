@@ -109,6 +109,16 @@ class EventStreamTests(SynchronousTestCase):
         self.assertEqual(request.writes, [b'data: {"n":0}\n\ndata: {"n":1}\n\ndata: {"n":2}\n\n'])
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_streams_share_one_timed_call_per_turn(self):
+        requests = [FakeRequest() for _ in range(20)]
+        streams = [self.stream(r) for r in requests]
+        for n, events in enumerate(streams):
+            events.send({"n": n})
+            events.send({"n": n})
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(0)
+        self.assertEqual([r.writes for r in requests], [[b'data: {"n":%d}\n\n' % n * 2] for n in range(20)])
+
     def test_close_flushes_what_is_held(self):
         request = FakeRequest()
         events = self.stream(request)

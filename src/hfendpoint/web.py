@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import json.encoder
 from email import message_from_bytes
+from weakref import WeakKeyDictionary
 from typing import Any, Optional
 
 from twisted.internet.interfaces import IPushProducer, IReactorTime
@@ -109,8 +110,8 @@ class EventStream:
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
-        self._clock = clock
-        self._flush_call: Any = None
+        self._flusher = _flusher_for(clock)
+        self._scheduled = False
         self._request = request
         self._max_buffer = max_buffer
         self._held: list[bytes] = []
@@ -150,11 +151,12 @@ class EventStream:
         if self._paused:
             if self._held_size > self._max_buffer:
                 self._overflow()
-        elif self._flush_call is None:
-            self._flush_call = self._clock.callLater(0, self._flush_now)
+        elif not self._scheduled:
+            self._scheduled = True
+            self._flusher.add(self)
 
     def _flush_now(self) -> None:
-        self._flush_call = None
+        self._scheduled = False
         if not self._paused:
             self._flush()
 
@@ -169,9 +171,6 @@ class EventStream:
         Write what is held and stop being the response's producer; call it
         before the response finishes.
         """
-        if self._flush_call is not None:
-            self._flush_call.cancel()
-            self._flush_call = None
         self._flush()
         if not self.closed:
             self._request.unregisterProducer()
@@ -185,9 +184,6 @@ class EventStream:
 
     def _overflow(self) -> None:
         self.closed = True
-        if self._flush_call is not None:
-            self._flush_call.cancel()
-            self._flush_call = None
         self._held = []
         self._held_size = 0
         _log.warn("Dropping a client that fell too far behind its event stream")
@@ -204,6 +200,39 @@ class EventStream:
 
     def stopProducing(self) -> None:
         self.closed = True
+
+
+class _Flusher:
+    """
+    Writes the held events of every event stream once per reactor turn,
+    with one timed call for all of them rather than one per stream.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._streams: list[EventStream] = []
+        self._call: Any = None
+
+    def add(self, stream: EventStream) -> None:
+        self._streams.append(stream)
+        if self._call is None:
+            self._call = self._clock.callLater(0, self._run)
+
+    def _run(self) -> None:
+        self._call = None
+        streams, self._streams = self._streams, []
+        for stream in streams:
+            stream._flush_now()
+
+
+_flushers: "WeakKeyDictionary[Any, _Flusher]" = WeakKeyDictionary()
+
+
+def _flusher_for(clock: IReactorTime) -> _Flusher:
+    flusher = _flushers.get(clock)
+    if flusher is None:
+        flusher = _flushers[clock] = _Flusher(clock)
+    return flusher
 
 
 class FormPart:
