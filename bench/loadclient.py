@@ -697,6 +697,8 @@ def latency(spec: dict) -> dict:
                     function(*args)
             samples = {name: array("d") for name, _, _ in calls}
             errors = {name: 0 for name, _, _ in calls}
+            floors = [c.proc.pid for c in clients.values() if isinstance(c, Floor)]
+            wcpu0 = sum(proc_cpu(pid) for pid in floors)
             cpu0, t0 = cpu_self(), perf()
             deadline = t0 + spec["duration"]
             rounds = 0
@@ -713,6 +715,7 @@ def latency(spec: dict) -> dict:
                 "rounds": rounds,
                 "targets": {name: {**percentiles(s), "errors": errors[name]} for name, s in samples.items()},
                 "client_cpu_pct": 100 * (cpu_self() - cpu0) / wall,
+                "worker_cpu_pct": 100 * (sum(proc_cpu(pid) for pid in floors) - wcpu0) / wall,
             }
     finally:
         for client in clients.values():

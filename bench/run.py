@@ -186,23 +186,24 @@ def wait_ready(server: Server, path: str, timeout: float = 30) -> None:
     raise RuntimeError(f"{server.name} not ready after {timeout} s; see {server.log.name}")
 
 
-def start_gateway(logdir: str) -> Server:
+def start_gateway(logdir: str, name: str = "gateway") -> Server:
     port = free_port()
     env = dict(os.environ)
     # The worker's "#!/usr/bin/env python3" must find this interpreter.
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     argv = [sys.executable, "-m", "hfendpoint.cli", "--host", HOST, "--port", str(port), "bench/null_worker.py"]
-    server = Server("gateway", argv, port, os.path.join(logdir, "gateway.log"), env)
+    server = Server(name, argv, port, os.path.join(logdir, f"{name}.log"), env)
     wait_ready(server, "/ready")
     workers = children_of(server.pid)
     server.worker_pid = workers[0] if workers else None
     return server
 
 
-def start_bare(kind: str, recordings: str, logdir: str) -> Server:
+def start_bare(kind: str, recordings: str, logdir: str, name: Optional[str] = None) -> Server:
     port = free_port()
+    name = name or f"bare_{kind}"
     argv = [sys.executable, os.path.join(HERE, "bare_servers.py"), "--kind", kind, "--port", str(port), "--recordings", recordings]
-    server = Server(f"bare_{kind}", argv, port, os.path.join(logdir, f"bare_{kind}.log"))
+    server = Server(name, argv, port, os.path.join(logdir, f"{name}.log"))
     wait_ready(server, "/health")
     return server
 
@@ -301,6 +302,8 @@ class Runner:
         self.tmp = tmp
         self.profile_dir = profile_dir
         self.servers: dict[str, Server] = {}
+        self.logdir = tmp
+        self.recordings = os.path.join(tmp, "recordings.json")
         self.profiles: dict[str, Any] = {}
         self.wrk = shutil.which("wrk")
         self.pyspy = shutil.which("py-spy") or (
@@ -310,12 +313,18 @@ class Runner:
         )
 
     def watch_pids(self, target: str) -> dict[str, Optional[int]]:
-        server = self.servers.get(target)
-        if server is None:
-            return {}
-        pids: dict[str, Optional[int]] = {target: server.pid}
-        if server.worker_pid:
-            pids["worker"] = server.worker_pid
+        """
+        The processes to watch for C{target} ("all": every server).
+        """
+        names = list(self.servers) if target == "all" else [target]
+        pids: dict[str, Optional[int]] = {}
+        for name in names:
+            server = self.servers.get(name)
+            if server is None:
+                continue
+            pids[name] = server.pid
+            if server.worker_pid:
+                pids["worker" if target != "all" else f"{name}_worker"] = server.worker_pid
         return pids
 
     def client(self, spec: dict, target: str, timeout: float, profile: Optional[str] = None) -> dict:
@@ -340,7 +349,7 @@ class Runner:
             raise RuntimeError(f"load client failed: {err.decode(errors='replace')[-2000:]}")
         result = json.loads(out)
         if spec["mode"] == "latency":
-            ours = max(r["client_cpu_pct"] for r in result.values())
+            ours = max(r["client_cpu_pct"] + r.get("worker_cpu_pct", 0.0) for r in result.values())
         else:
             ours = result.get("client_cpu_pct", 0.0) + result.get("worker_cpu_pct", 0.0)
         result["server_cpu_pct"] = watch.cpu_pct
@@ -398,7 +407,7 @@ class Runner:
     # Profiling the gateway with py-spy
 
     def _profile_start(self, name: Optional[str], target: str, duration: float) -> Any:
-        if not (name and self.profile_dir and self.pyspy and target == "gateway"):
+        if not (name and self.profile_dir and self.pyspy and target in ("gateway", "all")):
             return None
         out = os.path.join(self.profile_dir, f"{name}.txt")
         argv = [self.pyspy, "record", "--pid", str(self.servers["gateway"].pid), "--rate", str(PROFILE_RATE),
@@ -646,7 +655,7 @@ class Bench:
         ]
         spec = {"mode": "latency", "host": HOST, "targets": targets, "requests": requests,
                 "count": self.s.latency_count, "duration": self.s.latency_duration, "warmup": 50 if self.s.quick else 300}
-        result = self.r.client(spec, "gateway", 4 * self.s.latency_duration + 120, profile="latency")
+        result = self.r.client(spec, "all", 4 * self.s.latency_duration + 120, profile="latency")
         watched = {key: result.pop(key) for key in ("server_cpu_pct", "server_rss_peak_kb", "foreign_cpu_pct", "quiet")}
         for kind, res in result.items():
             res.update(watched)
@@ -688,19 +697,39 @@ class Bench:
     # 5
 
     def scenario_memory(self) -> dict:
-        gw = self.r.servers["gateway"]
-        out: dict[str, Any] = {"idle_now_kb": {"gateway": rss_kb(gw.pid), "worker": rss_kb(gw.worker_pid or 0)}}
-        body = shapes.body(self.paced).decode("latin-1")
-        for target in ("bare_klein", "gateway"):
-            spec = {"mode": "sse", "host": HOST, "port": self.r.servers[target].port, "path": "/v1/chat/completions",
-                    "body": body, "streams": self.s.memory_streams, "tokens": self.s.paced_tokens, "gaps": False,
-                    "timeout": self.s.stream_timeout}
-            res = self.r.client(spec, target, self.s.stream_timeout + 90)
-            out[target] = {"rss_peak_kb": res["server_rss_peak_kb"], "all_tokens_arrived": res["all_tokens_arrived"],
-                           "streams": res["streams"]}
-        time.sleep(1.0)
-        out["after_kb"] = {"gateway": rss_kb(gw.pid), "worker": rss_kb(gw.worker_pid or 0)}
-        return out
+        """
+        A fresh gateway of its own, so that what the other scenarios left
+        in the heap does not count: its RSS idle (after one short stream,
+        so that the code paths are loaded), at the peak of
+        C{memory_streams} open paced streams, and after; a fresh bare Klein
+        alongside, from its RSS after one stream.
+        """
+        fresh = start_gateway(self.r.logdir, "gateway_memory")
+        self.r.servers["gateway_memory"] = fresh
+        klein = start_bare("klein", self.r.recordings, self.r.logdir, "bare_klein_memory")
+        self.r.servers["bare_klein_memory"] = klein
+        try:
+            out: dict[str, Any] = {"fresh_idle_kb": {"gateway": rss_kb(fresh.pid), "worker": rss_kb(fresh.worker_pid or 0)}}
+            fetch(fresh.port, "POST", "/v1/chat/completions", shapes.body(shapes.chat_data(3, stream=True)))
+            out["warm_kb"] = {"gateway": rss_kb(fresh.pid), "worker": rss_kb(fresh.worker_pid or 0)}
+            body = shapes.body(self.paced).decode("latin-1")
+            fetch(klein.port, "POST", "/v1/chat/completions", shapes.body(self.paced))
+            for target in ("bare_klein_memory", "gateway_memory"):
+                server = self.r.servers[target]
+                before = rss_kb(server.pid)
+                spec = {"mode": "sse", "host": HOST, "port": server.port, "path": "/v1/chat/completions",
+                        "body": body, "streams": self.s.memory_streams, "tokens": self.s.paced_tokens, "gaps": False,
+                        "timeout": self.s.stream_timeout}
+                res = self.r.client(spec, target, self.s.stream_timeout + 90)
+                out[target] = {"before_kb": before, "rss_peak_kb": res["server_rss_peak_kb"].get(target, 0),
+                               "worker_peak_kb": res["server_rss_peak_kb"].get("worker", 0),
+                               "all_tokens_arrived": res["all_tokens_arrived"], "streams": res["streams"]}
+            time.sleep(1.0)
+            out["after_kb"] = {"gateway": rss_kb(fresh.pid), "worker": rss_kb(fresh.worker_pid or 0)}
+            return out
+        finally:
+            for name in ("gateway_memory", "bare_klein_memory"):
+                self.r.servers.pop(name).stop()
 
     # 4
 
@@ -816,7 +845,7 @@ def table_rows(results: dict, s: Settings) -> list[list[str]]:
             rows.append([
                 f"3b paced {n} streams", "p99 gap ms",
                 ms(g), ms(r["floor"]), ms(r["bare_twisted"]), ms(r["bare_klein"]),
-                f"p50 {1000 * g['gaps']['p50']:.1f}, max {1000 * g['gaps']['max']:.0f} ms",
+                f"p50 {1000 * g['gaps']['p50']:.1f}, max {1000 * g['gaps']['max']:.0f} ms; first token p99 {g['ttft'].get('p99', 0):.2f} s (Klein {r['bare_klein']['ttft'].get('p99', 0):.2f} s)",
                 "< 60 ms" + ("" if n == top else " (info)"), mark(ok) if n == top else ("ok" if ok else "over"),
                 f"loadclient SSE (client CPU {g['client_cpu_pct']:.0f}%; gateway {g['server_cpu_pct'].get('gateway', 0):.0f}%, worker {g['server_cpu_pct'].get('worker', 0):.0f}%{bg(g)}{client_max({t: r[t] for t in TARGETS})}); all arrived: {fmt(g['all_tokens_arrived'])}",
             ])
@@ -832,14 +861,16 @@ def table_rows(results: dict, s: Settings) -> list[list[str]]:
             ])
     if "memory" in sc and "error" not in sc["memory"]:
         r = sc["memory"]
-        idle = results.get("idle_rss_kb", {})
-        rows.append(["5 memory", "RSS MB idle", fmt(idle.get("gateway", 0) / 1024, 1), "-", "-", "-",
-                     f"worker {idle.get('worker', 0) / 1024:.1f} MB", "-", "", "/proc/PID/status VmRSS"])
-        gw = r["gateway"]["rss_peak_kb"].get("gateway", 0)
-        kl = r["bare_klein"]["rss_peak_kb"].get("bare_klein", 0)
-        per = (gw - idle.get("gateway", 0)) / max(1, r["gateway"]["streams"])
-        rows.append([f"5 memory {s.memory_streams} streams", "RSS MB peak", fmt(gw / 1024, 1), "-", "-", fmt(kl / 1024, 1),
-                     f"{per:.1f} KB per stream", "-", "", f"after: {r['after_kb']['gateway'] / 1024:.1f} MB"])
+        gw, kl = r["gateway_memory"], r["bare_klein_memory"]
+        warm = r["warm_kb"]["gateway"]
+        per = (gw["rss_peak_kb"] - warm) / max(1, gw["streams"])
+        per_klein = (kl["rss_peak_kb"] - kl["before_kb"]) / max(1, kl["streams"])
+        rows.append(["5 memory idle", "RSS MB", fmt(r["fresh_idle_kb"]["gateway"] / 1024, 1), "-", "-", fmt(kl["before_kb"] / 1024, 1),
+                     f"{warm / 1024:.1f} MB after one stream; worker {r['warm_kb']['worker'] / 1024:.1f} MB", "-", "",
+                     "fresh processes; /proc/PID/status VmRSS (bare Klein holds the recordings)"])
+        rows.append([f"5 memory {s.memory_streams} streams", "RSS MB peak", fmt(gw["rss_peak_kb"] / 1024, 1), "-", "-", fmt(kl["rss_peak_kb"] / 1024, 1),
+                     f"+{per:.1f} KB per stream (bare Klein +{per_klein:.1f})", "-", "",
+                     f"gateway {r['after_kb']['gateway'] / 1024:.1f} MB after they closed; all arrived: {fmt(gw['all_tokens_arrived'])}"])
     return rows
 
 
@@ -928,6 +959,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         os.makedirs(profile_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="hfendpoint-bench-")
     runner = Runner(settings, tmp, profile_dir)
+    runner.logdir = logdir
     if args.profile and not runner.pyspy:
         print("note: --profile needs py-spy (pip install py-spy); profiling is off", file=sys.stderr)
     bench = Bench(runner, settings)
@@ -940,7 +972,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         gateway = start_gateway(logdir)
         runner.servers["gateway"] = gateway
         results["idle_rss_kb"] = {"gateway": rss_kb(gateway.pid), "worker": rss_kb(gateway.worker_pid or 0)}
-        recordings = os.path.join(tmp, "recordings.json")
+        recordings = runner.recordings
         requests = bench.recorded_requests()
         results["recorded"] = record(gateway, requests, recordings)
         results["idle_rss_kb_after_recording"] = {"gateway": rss_kb(gateway.pid), "worker": rss_kb(gateway.worker_pid or 0)}
@@ -948,6 +980,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             server = start_bare(kind, recordings, logdir)
             runner.servers[server.name] = server
             verify_bare(server, requests, results["recorded"])
+            results["idle_rss_kb"][server.name] = rss_kb(server.pid)
         for name in chosen:
             print(f"scenario {name}...", file=sys.stderr, flush=True)
             t0 = time.monotonic()
