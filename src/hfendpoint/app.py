@@ -19,6 +19,7 @@ from . import chat, completions, embeddings, images, openapi, responses
 from .batching import EmbeddingBatcher
 from .errors import OpenAIError, not_found
 from .interfaces import IImageStore, IWorkerClient
+from .routing import ExactRoutes
 from .web import EventStream, parse_form, parse_json_body, send_error, send_json
 
 DEFAULT_MODEL_NAME = "hfendpoint"
@@ -57,7 +58,23 @@ class GatewayApp:
         self.batcher = batcher or EmbeddingBatcher(client)
 
     def resource(self) -> Any:
-        return self.app.resource()
+        routes = {
+            b"/v1/chat/completions": self.chat_completions,
+            b"/v1/completions": self.create_completion,
+            b"/v1/responses": self.create_response,
+            b"/v1/embeddings": self.create_embeddings,
+            b"/v1/images/generations": self.images_generations,
+            b"/v1/images/edits": self.images_edits,
+        }
+        return ExactRoutes(self.app.resource(), routes, self._render_failure)
+
+    def _render_failure(self, request: Any, failure: Any) -> Optional[bytes]:
+        """
+        What the Klein error handlers below answer, for the exact routes.
+        """
+        if failure.check(OpenAIError):
+            return self._openai_error(request, failure)
+        return self._unexpected(request, failure)
 
     @property
     def model_name(self) -> str:

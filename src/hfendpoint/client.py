@@ -106,7 +106,9 @@ class WorkerInfo:
 
 
 class _Pending:
-    __slots__ = ("ident", "on_reply", "deferred", "timer", "protocol", "deadline", "replies")
+    __slots__ = (
+        "ident", "on_reply", "deferred", "timer", "protocol", "deadline", "replies", "last_reply"
+    )
 
     def __init__(
         self,
@@ -119,6 +121,7 @@ class _Pending:
         self.protocol = protocol
         self.deadline: Optional[float] = None
         self.replies = 0
+        self.last_reply = 0.0
         self.ident = ident
         self.on_reply = on_reply
         self.deferred = deferred
@@ -247,17 +250,24 @@ class WorkerClient:
         if done:
             self._finish(call)
             call.deferred.callback(None)
-        elif call.ident in self._pending:
-            wait = self.reply_timeout
-            if call.deadline is not None:
-                wait = min(wait, call.deadline - self._reactor.seconds())
-            call.timer.reset(max(wait, 0))
+        else:
+            # The timer is not moved on every reply (a stream has thousands):
+            # when it fires, it looks at the time of the last one.
+            call.last_reply = self._reactor.seconds()
 
     def _expired(self, ident: int) -> None:
         call = self._pending.get(ident)
         if call is None:
             return
-        if call.deadline is not None and self._reactor.seconds() >= call.deadline:
+        now = self._reactor.seconds()
+        if call.replies:
+            due = call.last_reply + self.reply_timeout
+            if call.deadline is not None:
+                due = min(due, call.deadline)
+            if due > now:
+                call.timer = self._reactor.callLater(due - now, self._expired, ident)
+                return
+        if call.deadline is not None and now >= call.deadline:
             why = f"The worker did not finish the request within {self.request_timeout:g} seconds."
         elif call.replies == 0 and self.first_reply_timeout:
             why = f"The worker did not start replying within {self.first_reply_timeout:g} seconds."
