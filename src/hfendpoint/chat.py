@@ -328,10 +328,11 @@ async def run_choices(
 
         return on_reply
 
-    await gatherResults(
-        [client.request(call, payload, receiver(fixed)) for payload, fixed in calls],
-        consumeErrors=True,
-    ).addErrback(_first_error)
+    requests = [client.request(call, payload, receiver(fixed)) for payload, fixed in calls]
+    if len(requests) == 1:
+        await requests[0]
+    else:
+        await gatherResults(requests, consumeErrors=True).addErrback(_first_error)
     return choices
 
 
