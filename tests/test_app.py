@@ -446,6 +446,17 @@ class EmbeddingsTests(Case):
         error = self.error_of(h, "/v1/embeddings", {"input": [1]}, 500)
         self.assertIn("not finite", error["message"])
 
+    def test_float32_overflow_is_not_finite(self):
+        h = AppHarness({"embeddings": lambda data: [{"embeddings": [[1.0, 1e300]]}]})
+        error = self.error_of(h, "/v1/embeddings", {"input": [1]}, 500)
+        self.assertIn("not finite", error["message"])
+
+    def test_vector_of_non_numbers(self):
+        for vector in ([1.0, "x"], [None], [[1.0]]):
+            h = AppHarness({"embeddings": lambda data, v=vector: [{"embeddings": [v]}]})
+            error = self.error_of(h, "/v1/embeddings", {"input": [1]}, 500)
+            self.assertIn("could not embed input 0", error["message"])
+
     def test_failed_item(self):
         h = AppHarness({"embeddings": lambda data: [{"embeddings": [[1.0], None]}]})
         error = self.error_of(h, "/v1/embeddings", {"input": [[1], [2]]}, 500)

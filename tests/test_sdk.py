@@ -378,6 +378,40 @@ class FramingTests(SynchronousTestCase):
             [{"id": 1, "data": "a"}, {"id": 2, "data": "b"}, {"id": 1, "data": "c"}],
         )
 
+    def test_big_replies_one_at_a_time(self) -> None:
+        """
+        Big replies of concurrent requests all arrive whole and in order,
+        and each goes into the socket's buffer only once the previous one
+        has left it.
+        """
+        buffered: list[int] = []
+        write = asyncio.StreamWriter.write
+
+        def recording_write(writer: asyncio.StreamWriter, data: bytes) -> None:
+            if len(data) >= _sdk.BIG_MESSAGE:
+                buffered.append(writer.transport.get_write_buffer_size())
+            write(writer, data)
+
+        self.patch(asyncio.StreamWriter, "write", recording_write)
+
+        async def images(data: Any) -> Any:
+            for part in range(3):
+                yield bytes([data["i"], part]) * (_sdk.BIG_MESSAGE // 2 + 1)
+            yield "done"
+
+        async def scenario(peer: Peer) -> list[Any]:
+            for i in range(1, 6):
+                await peer.send(i, "images", {"i": i})
+            return [await peer.receive() for _ in range(20)]
+
+        replies = serve_scenario(_sdk.modern_calls({"images": images}), scenario)
+        for i in range(1, 6):
+            mine = [r["data"] for r in replies if r["id"] == i]
+            expected = [bytes([i, part]) * (_sdk.BIG_MESSAGE // 2 + 1) for part in range(3)]
+            self.assertEqual(mine, expected + ["done"])
+        self.assertEqual(len(buffered), 15)
+        self.assertLess(max(buffered), _sdk.BIG_MESSAGE)
+
     def test_malformed_skipped(self) -> None:
         """
         Messages that are not requests get no reply and stop nothing.

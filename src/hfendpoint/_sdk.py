@@ -49,6 +49,8 @@ NOT_A_WORKER = (
     "this program is an hfendpoint worker; start it through the hfendpoint gateway"
 )
 READ_SIZE = 256 * 1024
+#: Replies at least this big are written one at a time (see Connection.send).
+BIG_MESSAGE = 256 * 1024
 
 Handler = Callable[..., Any]
 F = TypeVar("F", bound=Handler)
@@ -140,6 +142,7 @@ class Connection:
         self.requests: dict[int, Request] = {}
         self.closed = False
         self._unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+        self._big_writes = asyncio.Lock()
 
     async def read_from(self, reader: asyncio.StreamReader) -> None:
         """
@@ -270,8 +273,16 @@ class Connection:
             raise Cancelled("the connection to the gateway is closed")
         payload = msgpack.packb(message, use_bin_type=True)
         try:
-            self.writer.write(payload)
-            await self.writer.drain()
+            if len(payload) < BIG_MESSAGE:
+                self.writer.write(payload)
+                await self.writer.drain()
+            else:
+                # One big message in the transport at a time: asyncio's
+                # buffer moves everything behind each partial send, so
+                # several images queued together cost quadratic copying.
+                async with self._big_writes:
+                    self.writer.write(payload)
+                    await self.writer.drain()
         except OSError as error:
             self.lose(error)
             raise Cancelled("the connection to the gateway is lost") from error

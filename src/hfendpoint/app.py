@@ -249,7 +249,8 @@ class GatewayApp:
         body = await images.generate(
             self.client, "images_generations", wanted, self.store, self._url_for(request), self._now()
         )
-        return send_json(request, body)
+        request.setHeader(b"content-type", b"application/json")
+        return body
 
     @app.route("/v1/images/edits", methods=["POST"])
     async def images_edits(self, request: Any) -> Any:
@@ -258,7 +259,8 @@ class GatewayApp:
         body = await images.generate(
             self.client, "images_editions", wanted, self.store, self._url_for(request), self._now()
         )
-        return send_json(request, body)
+        request.setHeader(b"content-type", b"application/json")
+        return body
 
     @app.route("/v1/images/<image_id>", methods=["GET"])
     def get_image(self, request: Any, image_id: str) -> bytes:

