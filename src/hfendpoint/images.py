@@ -134,10 +134,15 @@ async def generate(
         return len(pngs) == n
 
     await client.request(call, worker_data(request), on_reply)
-    if request["response_format"] == "url":
-        items = [b'{"url":' + dumps(url_for(store.add(png))) + b"}" for png in pngs]
-    else:
-        # Written as bytes rather than through the JSON encoder, which would
-        # scan megabytes of base64 for characters that base64 never has.
-        items = [b'{"b64_json":"' + binascii.b2a_base64(png, newline=False) + b'"}' for png in pngs]
-    return b'{"created":%d,"data":[%s]}' % (created, b",".join(items))
+    parts = [b'{"created":%d,"data":[' % created]
+    for i, png in enumerate(pngs):
+        if i:
+            parts.append(b",")
+        if request["response_format"] == "url":
+            parts += [b'{"url":', dumps(url_for(store.add(png))), b"}"]
+        else:
+            # Written as bytes rather than through the JSON encoder, which
+            # would scan megabytes of base64 for characters base64 never has.
+            parts += [b'{"b64_json":"', binascii.b2a_base64(png, newline=False), b'"}']
+    parts.append(b"]}")
+    return b"".join(parts)

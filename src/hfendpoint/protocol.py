@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 from zope.interface import Interface
 
 DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024 * 1024
+READ_SIZE = 1024 * 1024
 
 
 class ProtocolViolation(Exception):
@@ -73,6 +74,11 @@ class WorkerProtocol(Protocol):
         self._close_waiters: list[Deferred] = []
 
     def connectionMade(self) -> None:
+        # Read up to a megabyte at a time (Twisted reads 64 KiB): a busy
+        # worker's replies then come in a few big reads, so every stream
+        # gets several tokens per write, and a large image costs 4 reads
+        # instead of 64.
+        self.transport.bufferSize = READ_SIZE
         self._receiver.connected(self)
 
     def send(self, message: dict) -> None:

@@ -93,6 +93,7 @@ class Options(usage.Options):
 def makeService(options: Options) -> Any:
     from twisted.internet import reactor
 
+    from . import collector
     from .service import GatewayService
 
     gateway = GatewayService(
@@ -116,4 +117,5 @@ def makeService(options: Options) -> Any:
         access_log=not options["no-access-log"],
     )
     gateway.stop_reactor_on_failure = True
+    collector.tune(reactor)
     return gateway
