@@ -66,7 +66,7 @@ class AdmissionResource(Resource):
         self,
         reactor: Any,
         inner: Any,
-        max_in_flight: int = 1024,
+        max_in_flight: int = 4096,
         max_waiting: int = 1024,
         queue_timeout: float = 60.0,
         retry_after: int = 1,

@@ -117,9 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-concurrent-requests",
         type=_positive_int,
-        default=1024,
+        default=4096,
         metavar="N",
-        help="requests served at once; more wait in a queue (default: 1024)",
+        help="requests served at once; more wait in a queue (default: 4096)",
     )
     parser.add_argument(
         "--max-queued-requests",

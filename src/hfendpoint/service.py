@@ -69,7 +69,7 @@ class GatewayService(MultiService):
         reply_timeout: float = 300.0,
         first_reply_timeout: Optional[float] = None,
         request_timeout: Optional[float] = None,
-        max_in_flight: int = 1024,
+        max_in_flight: int = 4096,
         max_waiting: int = 1024,
         queue_timeout: float = 60.0,
         drain_timeout: float = 30.0,

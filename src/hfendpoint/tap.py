@@ -41,7 +41,7 @@ class Options(usage.Options):
         ["reply-timeout", None, 300.0, "Longest wait for each worker reply, in seconds.", float],
         ["first-reply-timeout", None, None, "Longest wait for a request's first reply, in seconds.", float],
         ["request-timeout", None, None, "Longest time a whole request may take, in seconds.", float],
-        ["max-concurrent-requests", None, 1024, "Requests served at once.", int],
+        ["max-concurrent-requests", None, 4096, "Requests served at once.", int],
         ["max-queued-requests", None, 1024, "Requests waiting for a turn before 429s.", int],
         ["queue-timeout", None, 60.0, "Longest wait in the queue, in seconds.", float],
         ["drain-timeout", None, 30.0, "How long requests in flight may finish on stop.", float],
