@@ -233,6 +233,11 @@ class Choice:
 
     def add(self, chunk: dict) -> None:
         self.chunks += 1
+        if len(chunk) == 2 and "content" in chunk and chunk.get("finish_reason", 0) is None:
+            # A token and nothing else: the chunk nearly every reply is.
+            if chunk["content"]:
+                self.parts.append(chunk["content"])
+            return
         content = chunk.get("content")
         if content:
             self.parts.append(content)
