@@ -11,7 +11,8 @@ once per choice unless its handshake says it produces choices itself.
 
 from __future__ import annotations
 
-import secrets
+import os
+import random
 from typing import Any, Callable, Optional
 
 from twisted.internet.defer import gatherResults
@@ -27,8 +28,13 @@ ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 FINISH_REASONS = ("stop", "length", "tool_calls", "content_filter", "function_call")
 
 
+# Ids only need to be unique, not secret: a generator seeded from the system
+# saves a system call per id (image ids, which are secrets, do not use it).
+_ids = random.Random(os.urandom(32))
+
+
 def new_id(prefix: str) -> str:
-    return prefix + secrets.token_hex(12)
+    return "%s%024x" % (prefix, _ids.getrandbits(96))
 
 
 # Requests

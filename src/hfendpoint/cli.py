@@ -232,7 +232,9 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
         max_restarts=args.max_restarts,
         workers=args.workers,
         batch_tokens=args.embeddings_batch_tokens,
-        access_log=args.access_log,
+        # Combined Log Format lines on stderr, beside the log, in one write
+        # per reactor turn.
+        access_log=sys.stderr if args.access_log else False,
     )
     gateway.stop_reactor_on_failure = True
     outcome = {"code": 0}

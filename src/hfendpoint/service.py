@@ -5,7 +5,7 @@ line, and for any Twisted application that wants to embed it.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, TextIO, Union
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
@@ -81,7 +81,7 @@ class GatewayService(MultiService):
         max_worker_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         workers: int = 1,
         batch_tokens: int = 16384,
-        access_log: bool = True,
+        access_log: Union[bool, TextIO] = True,
     ) -> None:
         super().__init__()
         self._reactor = reactor

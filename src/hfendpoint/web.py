@@ -10,7 +10,7 @@ import json
 import json.encoder
 from email import message_from_bytes
 from weakref import WeakKeyDictionary
-from typing import Any, Optional
+from typing import Any, Optional, TextIO, Union
 
 from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer, IReactorTime
@@ -19,6 +19,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
+from .accesslog import AccessLog, is_stream
 from .errors import OpenAIError, invalid_request
 
 DEFAULT_MAX_BODY_SIZE = 10 * 1024 * 1024
@@ -398,6 +399,10 @@ class LimitedRequest(Request):
 class GatewaySite(Site):
     """
     A L{Site} whose requests enforce C{max_body_size}.
+
+    @param access_log: C{True} for Twisted's access log (a line through the
+        global log for each request), C{False} for none, or a text stream to
+        write the lines to directly, once per reactor turn (L{AccessLog}).
     """
 
     requestFactory = LimitedRequest
@@ -406,12 +411,17 @@ class GatewaySite(Site):
         self,
         resource: Any,
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
-        access_log: bool = True,
+        access_log: Union[bool, TextIO] = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(resource, **kwargs)
         self.max_body_size = max_body_size
         self.access_log = access_log
+
+    def startFactory(self) -> None:
+        super().startFactory()
+        if is_stream(self.access_log):
+            self._logFile = AccessLog(self.access_log, self.reactor)
 
     def log(self, request: Any) -> None:
         if self.access_log:

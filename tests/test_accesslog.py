@@ -1,0 +1,96 @@
+"""
+The access log written to a stream once per reactor turn.
+"""
+
+import io
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+from twisted.web.test.requesthelper import DummyRequest
+
+from hfendpoint.accesslog import AccessLog
+from hfendpoint.web import GatewaySite
+
+
+class CountingStream(io.StringIO):
+    writes = 0
+
+    def write(self, text):
+        self.writes += 1
+        return super().write(text)
+
+
+class BrokenStream:
+    def write(self, text):
+        raise OSError("closed terminal")
+
+    def flush(self):
+        pass
+
+
+class AccessLogTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.stream = CountingStream()
+        self.log = AccessLog(self.stream, self.clock)
+
+    def test_lines_of_a_turn_in_one_write(self):
+        self.log.write("one\n")
+        self.log.write("two\n")
+        self.assertEqual(self.stream.getvalue(), "")
+        self.clock.advance(0)
+        self.assertEqual(self.stream.getvalue(), "one\ntwo\n")
+        self.assertEqual(self.stream.writes, 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_next_turn_writes_again(self):
+        self.log.write("one\n")
+        self.clock.advance(0)
+        self.log.write("two\n")
+        self.clock.advance(0)
+        self.assertEqual(self.stream.getvalue(), "one\ntwo\n")
+        self.assertEqual(self.stream.writes, 2)
+
+    def test_close_writes_what_is_held(self):
+        self.log.write("one\n")
+        self.log.close()
+        self.assertEqual(self.stream.getvalue(), "one\n")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertFalse(self.stream.closed)
+
+    def test_broken_stream_costs_only_lines(self):
+        log = AccessLog(BrokenStream(), self.clock)
+        log.write("one\n")
+        self.clock.advance(0)
+        log.write("two\n")
+        log.close()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class SiteTests(SynchronousTestCase):
+    def request(self):
+        request = DummyRequest([b""])
+        request.method = b"POST"
+        request.uri = b"/v1/embeddings"
+        request.clientproto = b"HTTP/1.1"
+        request.code = 200
+        request.sentLength = 12
+        return request
+
+    def test_site_writes_combined_log_lines_to_a_stream(self):
+        clock = Clock()
+        stream = io.StringIO()
+        site = GatewaySite(Resource(), access_log=stream, reactor=clock)
+        site.startFactory()
+        site.log(self.request())
+        site.log(self.request())
+        self.assertEqual(stream.getvalue(), "")
+        clock.advance(0)
+        lines = stream.getvalue().splitlines()
+        self.assertEqual(len(lines), 2)
+        self.assertIn('"POST /v1/embeddings HTTP/1.1" 200 12', lines[0])
+        site.log(self.request())
+        site.stopFactory()
+        self.assertEqual(len(stream.getvalue().splitlines()), 3)
+        self.assertEqual(clock.getDelayedCalls(), [])
