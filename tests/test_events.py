@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IPushProducer
 import treq
 
 from hfendpoint import web
-from hfendpoint.web import EventStream, send_now
+from hfendpoint.web import EventStream
 
 
 class FakeTransport:
@@ -153,90 +153,3 @@ class EventStreamTests(SynchronousTestCase):
         request._finished.errback(Failure(Exception("gone")))
         events.send({"n": 1})
         self.assertEqual(request.writes, [])
-
-
-class SendNowTests(TestCase):
-    """
-    Events sent straight to a real TCP socket, bypassing the transport's
-    buffer while it is empty, arrive whole and in order, including around
-    one too big for the socket to take at once.
-    """
-
-    async def test_events_arrive_whole_and_in_order(self):
-        from twisted.internet import reactor
-
-        attempts = []
-
-        def counting(request, transport, data):
-            done = send_now(request, transport, data)
-            attempts.append(done)
-            return done
-
-        self.patch(web, "send_now", counting)
-        events = (
-            [b"data: %d\n\n" % i for i in range(100)]
-            + [b"data: " + b"x" * (4 * 1024 * 1024) + b"\n\n"]
-            + [b"data: after %d\n\n" % i for i in range(100)]
-        )
-
-        class Streaming(Resource):
-            isLeaf = True
-
-            def render_GET(self, request):
-                stream = EventStream(request)
-                pending = list(events)
-
-                def next_turn():
-                    if pending:
-                        stream.write_raw(pending.pop(0))
-                        reactor.callLater(0, next_turn)
-                    else:
-                        stream.close()
-                        request.finish()
-
-                next_turn()
-                return NOT_DONE_YET
-
-        port = reactor.listenTCP(0, Site(Streaming()), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        pool = HTTPConnectionPool(reactor, persistent=False)
-        client = treq.client.HTTPClient(Agent(reactor, pool=pool))
-        response = await client.get(f"http://127.0.0.1:{port.getHost().port}/")
-        body = await treq.content(response)
-        self.assertEqual(body, b"".join(events))
-        self.assertIn(True, attempts)
-        self.assertIn(False, attempts)
-
-    async def test_only_when_the_transport_holds_nothing(self):
-        from twisted.internet import reactor
-
-        requests = []
-
-        class Holding(Resource):
-            isLeaf = True
-
-            def render_GET(self, request):
-                requests.append(request)
-                arrived.callback(None)
-                return NOT_DONE_YET
-
-        arrived = Deferred()
-        port = reactor.listenTCP(0, Site(Holding()), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        pool = HTTPConnectionPool(reactor, persistent=False)
-        client = treq.client.HTTPClient(Agent(reactor, pool=pool))
-        responded = client.get(f"http://127.0.0.1:{port.getHost().port}/")
-        await arrived
-        [request] = requests
-        transport = web.plain_tcp(request)
-        self.assertIsNotNone(transport)
-        self.assertFalse(send_now(request, transport, b"early"))  # headers not sent
-        request.write(b"one,")
-        self.assertFalse(send_now(request, transport, b"two,"))  # "one," still buffered
-        while transport._tempDataLen or len(transport.dataBuffer) > transport.offset:
-            await deferLater(reactor, 0, lambda: None)
-        self.assertTrue(send_now(request, transport, b"two,"))
-        request.write(b"three")
-        request.finish()
-        body = await treq.content(await responded)
-        self.assertEqual(body, b"one,two,three")

@@ -9,17 +9,15 @@ from __future__ import annotations
 import json
 import json.encoder
 from email import message_from_bytes
-from weakref import WeakKeyDictionary
 from typing import Any, Optional, TextIO, Union
 
-from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
-from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
 from .accesslog import AccessLog, is_stream
+from .channel import channel_protocol, flusher_for
 from .errors import OpenAIError, invalid_request
 
 DEFAULT_MAX_BODY_SIZE = 10 * 1024 * 1024
@@ -113,10 +111,9 @@ class EventStream:
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
-        self._flusher = _flusher_for(clock)
+        self._flusher = flusher_for(clock)
         self._scheduled = False
         self._request = request
-        self._socket = plain_tcp(request)
         self._max_buffer = max_buffer
         self._held: list[bytes] = []
         self._held_size = 0
@@ -159,7 +156,7 @@ class EventStream:
             self._scheduled = True
             self._flusher.add(self)
 
-    def _flush_now(self) -> None:
+    def flush_now(self) -> None:
         self._scheduled = False
         if not self._paused:
             self._flush()
@@ -184,8 +181,7 @@ class EventStream:
             data = b"".join(self._held)
             self._held = []
             self._held_size = 0
-            if self._socket is None or not send_now(self._request, self._socket, data):
-                self._request.write(data)
+            self._request.write(data)
 
     def _overflow(self) -> None:
         self.closed = True
@@ -205,90 +201,6 @@ class EventStream:
 
     def stopProducing(self) -> None:
         self.closed = True
-
-
-def send_now(request: Request, transport: tcp.Server, data: bytes) -> bool:
-    """
-    Send a response's next bytes straight to its TCP socket when nothing
-    is waiting before them, and tell whether it did.
-
-    Twisted's transports only buffer a write and send it when the reactor
-    next finds the socket writable, registering it with epoll and removing
-    it again for each write. A stream writes a small event every token, on
-    sockets that are nearly always writable, so that machinery costs more
-    than the send itself. What the socket does not take at once is handed
-    to the transport, which then sends it, and pauses the stream's
-    producer, as it would have. Anything but a plain HTTP/1.1 response on
-    TCP (TLS, HTTP/2, headers not sent yet) takes the usual path: see
-    L{plain_tcp}.
-    """
-    if (
-        not request.startedWriting
-        or request.finished
-        or request._disconnected
-        or transport.disconnecting
-        or transport._tempDataLen
-        or len(transport.dataBuffer) > transport.offset
-    ):
-        return False
-    request.sentLength += len(data)
-    if request.chunked:
-        data = b"%x\r\n%s\r\n" % (len(data), data)
-    try:
-        sent = transport.socket.send(data)
-    except BlockingIOError:
-        sent = 0
-    except OSError:
-        # Let the transport meet the error and close the connection its way.
-        sent = 0
-    if sent < len(data):
-        transport.write(data[sent:])
-    return True
-
-
-def plain_tcp(request: Any) -> Optional[tcp.Server]:
-    """
-    The TCP transport of an HTTP/1.x request, which L{send_now} may write
-    to, or C{None}.
-    """
-    channel = getattr(request, "channel", None)
-    transport = getattr(channel, "transport", None)
-    if isinstance(request, Request) and isinstance(channel, HTTPChannel) and type(transport) is tcp.Server:
-        return transport
-    return None
-
-
-class _Flusher:
-    """
-    Writes the held events of every event stream once per reactor turn,
-    with one timed call for all of them rather than one per stream.
-    """
-
-    def __init__(self, clock: IReactorTime) -> None:
-        self._clock = clock
-        self._streams: list[EventStream] = []
-        self._call: Any = None
-
-    def add(self, stream: EventStream) -> None:
-        self._streams.append(stream)
-        if self._call is None:
-            self._call = self._clock.callLater(0, self._run)
-
-    def _run(self) -> None:
-        self._call = None
-        streams, self._streams = self._streams, []
-        for stream in streams:
-            stream._flush_now()
-
-
-_flushers: "WeakKeyDictionary[Any, _Flusher]" = WeakKeyDictionary()
-
-
-def _flusher_for(clock: IReactorTime) -> _Flusher:
-    flusher = _flushers.get(clock)
-    if flusher is None:
-        flusher = _flushers[clock] = _Flusher(clock)
-    return flusher
 
 
 class FormPart:
@@ -386,14 +298,14 @@ class LimitedRequest(Request):
             None,
             "request_too_large",
         ).to_json()
-        transport = self.channel.transport
-        transport.write(
+        channel = self.channel
+        channel.write(
             b"HTTP/1.1 413 Payload Too Large\r\n"
             b"content-type: application/json\r\n"
             b"content-length: " + str(len(body)).encode("ascii") + b"\r\n"
             b"connection: close\r\n\r\n" + body
         )
-        transport.loseConnection()
+        channel.loseConnection()
 
 
 class GatewaySite(Site):
@@ -406,6 +318,9 @@ class GatewaySite(Site):
     """
 
     requestFactory = LimitedRequest
+
+    def protocol(self) -> Any:
+        return channel_protocol(flusher_for(self.reactor))
 
     def __init__(
         self,

@@ -1,0 +1,189 @@
+"""
+The HTTP channel of the gateway's site: it sends the bytes of its
+responses to the TCP socket itself, all those of a reactor turn in one
+C{send}.
+
+A Twisted TCP transport buffers every write and sends it when the reactor
+next finds the socket writable, registering the socket with epoll and
+removing it again around each response. The gateway's sockets are nearly
+always writable and its responses small (a JSON body, a token's event), so
+that machinery cost more than the C{send} itself, and an extra trip
+through the reactor's loop for each response. What the socket does not
+take at once, and everything while the transport still holds bytes, goes
+through the transport as before, which keeps its flow control: a slow
+client still pauses a streaming response's producer. Anything but plain
+TCP (TLS, HTTP/2) takes Twisted's usual path.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+from weakref import WeakKeyDictionary
+
+from twisted.internet import tcp
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
+from twisted.web.http_headers import Headers
+
+
+class TurnFlusher:
+    """
+    Flushes, at the end of the reactor's turn, everything that asked for
+    it during the turn, with one timed call for all of them.
+
+    Event streams flush into their channels and channels to their sockets;
+    a channel that an event stream's flush adds is flushed in the same
+    call, after it.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._pending: list[Any] = []
+        self._call: Any = None
+        self._running = False
+
+    def add(self, item: Any) -> None:
+        """
+        Call C{item.flush_now()} at the end of this turn.
+        """
+        self._pending.append(item)
+        if self._call is None and not self._running:
+            self._call = self._clock.callLater(0, self._run)
+
+    def _run(self) -> None:
+        self._call = None
+        self._running = True
+        try:
+            while self._pending:
+                items, self._pending = self._pending, []
+                for item in items:
+                    item.flush_now()
+        finally:
+            self._running = False
+            if self._pending and self._call is None:
+                self._call = self._clock.callLater(0, self._run)
+
+
+_flushers: "WeakKeyDictionary[Any, TurnFlusher]" = WeakKeyDictionary()
+
+
+def flusher_for(clock: IReactorTime) -> TurnFlusher:
+    """
+    The one L{TurnFlusher} of C{clock}.
+    """
+    flusher = _flushers.get(clock)
+    if flusher is None:
+        flusher = _flushers[clock] = TurnFlusher(clock)
+    return flusher
+
+
+class GatewayChannel(HTTPChannel):
+    """
+    An L{HTTPChannel} that holds what its requests write during a turn and
+    sends it at the end of the turn, straight to the socket when it can.
+
+    Everything that writes to the transport behind the channel's back
+    (closing it, the answers Twisted writes itself) sends what is held
+    first, so bytes always leave in the order they were written.
+    """
+
+    def __init__(self, flusher: TurnFlusher) -> None:
+        super().__init__()
+        self._flusher = flusher
+        self._held: list[bytes] = []
+        self._direct = False
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._direct = type(self.transport) is tcp.Server
+
+    def write(self, data: bytes) -> None:
+        if not self._direct:
+            self.transport.write(data)
+        elif data:
+            if not self._held:
+                self._flusher.add(self)
+            self._held.append(data)
+
+    def writeSequence(self, iovec: Iterable[bytes]) -> None:
+        if not self._direct:
+            self.transport.writeSequence(iovec)
+            return
+        if not self._held:
+            self._flusher.add(self)
+        self._held.extend(iovec)
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        # Twisted's writes the header block to the transport itself.
+        if not self._direct or not isinstance(headers, Headers):
+            super().writeHeaders(version, code, reason, headers)
+            return
+        block = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                block.extend((name, b": ", value, b"\r\n"))
+        block.append(b"\r\n")
+        self.writeSequence(block)
+
+    def flush_now(self) -> None:
+        """
+        Send what is held.
+        """
+        held = self._held
+        if not held:
+            return
+        self._held = []
+        send(self.transport, held[0] if len(held) == 1 else b"".join(held))
+
+    def loseConnection(self) -> None:
+        self.flush_now()
+        super().loseConnection()
+
+    def _send100Continue(self) -> None:
+        self.flush_now()
+        super()._send100Continue()
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        self.flush_now()
+        super()._respondToBadRequestAndDisconnect()
+
+    def connectionLost(self, reason: Any) -> None:
+        self._held = []
+        super().connectionLost(reason)
+
+
+def send(transport: tcp.Server, data: bytes) -> None:
+    """
+    Write C{data} to a TCP transport: straight to its socket when the
+    transport holds nothing, and what the socket did not take into the
+    transport's buffer, which then sends it as it would have.
+    """
+    if (
+        not transport.connected
+        or transport.disconnecting
+        or transport._writeDisconnected
+        or transport._tempDataLen
+        or len(transport.dataBuffer) > transport.offset
+    ):
+        transport.write(data)
+        return
+    try:
+        sent = transport.socket.send(data)
+    except OSError:
+        # Busy, or broken: the transport meets it and handles it its way.
+        sent = 0
+    if sent < len(data):
+        # The buffer is empty: it becomes the rest of this one, without a
+        # copy, and the transport pauses the producer if it must.
+        transport.dataBuffer = data
+        transport.offset = sent
+        transport.startWriting()
+        transport._maybePauseProducer()
+
+
+def channel_protocol(flusher: TurnFlusher) -> _GenericHTTPChannelProtocol:
+    """
+    A protocol for one connection of the site, as Twisted's own site builds
+    it (the wrapper that could switch to HTTP/2), around a L{GatewayChannel}.
+    """
+    return _GenericHTTPChannelProtocol(GatewayChannel(flusher))

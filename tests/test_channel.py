@@ -1,0 +1,212 @@
+"""
+The site's channel: responses sent straight to the socket once per turn,
+whole and in order, and through the transport whenever it holds bytes.
+"""
+
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from hfendpoint import channel
+from hfendpoint.channel import TurnFlusher
+from hfendpoint.web import EventStream, GatewaySite
+
+
+class Item:
+    def __init__(self, log, name, then=None):
+        self.log = log
+        self.name = name
+        self.then = then
+
+    def flush_now(self):
+        self.log.append(self.name)
+        if self.then is not None:
+            self.then()
+
+
+class TurnFlusherTests(SynchronousTestCase):
+    def test_once_at_the_end_of_the_turn(self):
+        clock = Clock()
+        flusher = TurnFlusher(clock)
+        log = []
+        flusher.add(Item(log, "a"))
+        flusher.add(Item(log, "b"))
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        self.assertEqual(log, [])
+        clock.advance(0)
+        self.assertEqual(log, ["a", "b"])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_added_while_flushing_is_flushed_after_in_the_same_call(self):
+        clock = Clock()
+        flusher = TurnFlusher(clock)
+        log = []
+        flusher.add(Item(log, "stream", then=lambda: flusher.add(Item(log, "channel"))))
+        clock.advance(0)
+        self.assertEqual(log, ["stream", "channel"])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class Collect(Protocol):
+    def __init__(self, request, done):
+        self.request = request
+        self.done = done
+        self.data = []
+
+    def connectionMade(self):
+        self.transport.write(self.request)
+
+    def dataReceived(self, data):
+        self.data.append(data)
+
+    def connectionLost(self, reason):
+        self.done.callback(b"".join(self.data))
+
+
+def exchange(reactor, port, raw):
+    """
+    Send raw bytes on a new connection; fire with everything received
+    until the server closes it.
+    """
+    done = Deferred()
+    factory = ClientFactory.forProtocol(lambda: Collect(raw, done))
+    reactor.connectTCP("127.0.0.1", port, factory)
+    return done
+
+
+class Echo(Resource):
+    isLeaf = True
+
+    def render_GET(self, request):
+        request.setHeader(b"content-type", b"text/plain")
+        return b"path " + request.path
+
+    def render_POST(self, request):
+        return b"posted " + request.content.read()
+
+
+class ChannelTests(TestCase):
+    def listen(self, resource, **kwargs):
+        from twisted.internet import reactor
+
+        self.reactor = reactor
+        port = reactor.listenTCP(0, GatewaySite(resource, **kwargs), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return port.getHost().port
+
+    def record_sends(self):
+        """
+        For each send, whether it found the transport empty (and so went
+        straight to the socket), and whether the transport held bytes after.
+        """
+        direct = []
+        left = []
+        real = channel.send
+
+        def held(transport):
+            return bool(transport._tempDataLen or len(transport.dataBuffer) > transport.offset)
+
+        def recording(transport, data):
+            direct.append(not held(transport))
+            real(transport, data)
+            left.append(held(transport))
+
+        self.patch(channel, "send", recording)
+        return direct, left
+
+    async def test_pipelined_responses_in_order_then_closed(self):
+        port = self.listen(Echo(), access_log=False)
+        direct, _ = self.record_sends()
+        raw = (
+            b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /two HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /three HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        received = await exchange(self.reactor, port, raw)
+        responses = received.split(b"HTTP/1.1 200 OK\r\n")
+        self.assertEqual(responses[0], b"")
+        self.assertEqual(len(responses), 4)
+        for response, path in zip(responses[1:], (b"/one", b"/two", b"/three")):
+            self.assertTrue(response.endswith(b"\r\n\r\npath " + path), response)
+        self.assertIn(True, direct)
+
+    async def test_http10_response_whole_before_close(self):
+        port = self.listen(Echo(), access_log=False)
+        received = await exchange(self.reactor, port, b"GET /old HTTP/1.0\r\n\r\n")
+        self.assertTrue(received.startswith(b"HTTP/1.0 200 OK\r\n"))
+        self.assertTrue(received.endswith(b"\r\n\r\npath /old"))
+
+    async def test_too_large_body_refused_with_413_then_closed(self):
+        port = self.listen(Echo(), access_log=False, max_body_size=10)
+        received = await exchange(
+            self.reactor,
+            port,
+            b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nhello world",
+        )
+        self.assertTrue(received.startswith(b"HTTP/1.1 413 Payload Too Large\r\n"))
+        self.assertIn(b'"code":"request_too_large"', received)
+
+    async def test_bad_request_answered_after_earlier_response(self):
+        port = self.listen(Echo(), access_log=False)
+        received = await exchange(
+            self.reactor, port, b"GET /fine HTTP/1.1\r\nHost: x\r\n\r\nNONSENSE\r\n\r\n"
+        )
+        self.assertTrue(received.startswith(b"HTTP/1.1 200 OK\r\n"), received)
+        self.assertIn(b"path /fine", received)
+        self.assertTrue(received.endswith(b"HTTP/1.1 400 Bad Request\r\n\r\n"), received)
+
+    async def test_events_arrive_whole_and_in_order(self):
+        """
+        Including one too big for the socket to take at once, after which
+        the transport holds the rest and the stream waits for it to drain.
+        """
+        reactor = self.reactor = __import__("twisted.internet.reactor", fromlist=["reactor"])
+        direct, left = self.record_sends()
+        events = (
+            [b"data: %d\n\n" % i for i in range(100)]
+            + [b"data: " + b"x" * (4 * 1024 * 1024) + b"\n\n"]
+            + [b"data: after %d\n\n" % i for i in range(100)]
+        )
+
+        class Streaming(Resource):
+            isLeaf = True
+
+            def render_GET(self, request):
+                stream = EventStream(request)
+                pending = list(events)
+
+                def next_turn():
+                    if pending:
+                        stream.write_raw(pending.pop(0))
+                        reactor.callLater(0, next_turn)
+                    else:
+                        stream.close()
+                        request.finish()
+
+                next_turn()
+                return NOT_DONE_YET
+
+        port = self.listen(Streaming(), access_log=False)
+        received = await exchange(
+            reactor, port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        head, _, body = received.partition(b"\r\n\r\n")
+        self.assertIn(b"text/event-stream", head)
+        self.assertEqual(dechunk(body), b"".join(events))
+        self.assertTrue(all(direct))
+        self.assertIn(True, left)
+
+
+def dechunk(body):
+    out = []
+    while body:
+        size, _, rest = body.partition(b"\r\n")
+        size = int(size, 16)
+        if size == 0:
+            break
+        out.append(rest[:size])
+        body = rest[size + 2 :]
+    return b"".join(out)
