@@ -20,7 +20,7 @@ from .batching import EmbeddingBatcher
 from .errors import OpenAIError, not_found
 from .interfaces import IImageStore, IWorkerClient
 from .routing import ExactRoutes
-from .web import EventStream, parse_form, parse_json_body, send_error, send_json
+from .web import EventStream, parse_form, parse_json_body, send_error, send_json, write_parts
 
 DEFAULT_MODEL_NAME = "hfendpoint"
 
@@ -250,7 +250,7 @@ class GatewayApp:
             self.client, "images_generations", wanted, self.store, self._url_for(request), self._now()
         )
         request.setHeader(b"content-type", b"application/json")
-        return body
+        return write_parts(request, body)
 
     @app.route("/v1/images/edits", methods=["POST"])
     async def images_edits(self, request: Any) -> Any:
@@ -260,7 +260,7 @@ class GatewayApp:
             self.client, "images_editions", wanted, self.store, self._url_for(request), self._now()
         )
         request.setHeader(b"content-type", b"application/json")
-        return body
+        return write_parts(request, body)
 
     @app.route("/v1/images/<image_id>", methods=["GET"])
     def get_image(self, request: Any, image_id: str) -> bytes:

@@ -26,6 +26,12 @@ from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
 from twisted.web.http_headers import Headers
 
 
+#: Held parts are sent with one C{sendmsg} rather than joined first when
+#: they are few (the kernel takes at most 1024) and add up to this many bytes.
+MAX_GATHER = 64
+BIG = 256 * 1024
+
+
 class TurnFlusher:
     """
     Flushes, at the end of the reactor's turn, everything that asked for
@@ -133,7 +139,12 @@ class GatewayChannel(HTTPChannel):
         if not held:
             return
         self._held = []
-        send(self.transport, held[0] if len(held) == 1 else b"".join(held))
+        if len(held) == 1:
+            send(self.transport, held[0])
+        elif len(held) <= MAX_GATHER and sum(map(len, held)) >= BIG:
+            send_parts(self.transport, held)
+        else:
+            send(self.transport, b"".join(held))
 
     def loseConnection(self) -> None:
         self.flush_now()
@@ -158,13 +169,7 @@ def send(transport: tcp.Server, data: bytes) -> None:
     transport holds nothing, and what the socket did not take into the
     transport's buffer, which then sends it as it would have.
     """
-    if (
-        not transport.connected
-        or transport.disconnecting
-        or transport._writeDisconnected
-        or transport._tempDataLen
-        or len(transport.dataBuffer) > transport.offset
-    ):
+    if not _empty(transport):
         transport.write(data)
         return
     try:
@@ -179,6 +184,44 @@ def send(transport: tcp.Server, data: bytes) -> None:
         transport.offset = sent
         transport.startWriting()
         transport._maybePauseProducer()
+
+
+def send_parts(transport: tcp.Server, parts: list[bytes]) -> None:
+    """
+    Like L{send}, for a few big parts (an image and its framing), gathered
+    by the kernel rather than joined here first: only what the socket does
+    not take at once is copied.
+    """
+    if not _empty(transport):
+        transport.write(b"".join(parts))
+        return
+    try:
+        sent = transport.socket.sendmsg(parts)
+    except OSError:
+        sent = 0
+    for i, part in enumerate(parts):
+        if sent < len(part):
+            rest = [memoryview(part)[sent:], *parts[i + 1 :]]
+            transport.dataBuffer = b"".join(rest)
+            transport.offset = 0
+            transport.startWriting()
+            transport._maybePauseProducer()
+            return
+        sent -= len(part)
+
+
+def _empty(transport: tcp.Server) -> bool:
+    """
+    Whether C{transport} is open and holds nothing, so that its socket may
+    be written to directly.
+    """
+    return not (
+        not transport.connected
+        or transport.disconnecting
+        or transport._writeDisconnected
+        or transport._tempDataLen
+        or len(transport.dataBuffer) > transport.offset
+    )
 
 
 def channel_protocol(flusher: TurnFlusher) -> _GenericHTTPChannelProtocol:

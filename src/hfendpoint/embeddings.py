@@ -10,12 +10,13 @@ extensions).
 
 from __future__ import annotations
 
-import binascii
 import math
 import struct
 import sys
 from array import array
 from typing import Any, Optional
+
+from pybase64 import b64encode
 
 from . import fields
 from .batching import EmbeddingBatcher
@@ -157,7 +158,7 @@ def encode(vector: array, encoding: str, index: int) -> bytes:
         if sys.byteorder != "little":
             vector = array("f", vector)
             vector.byteswap()
-        return b'"' + binascii.b2a_base64(vector.tobytes(), newline=False) + b'"'
+        return b'"' + b64encode(vector) + b'"'
     text = ",".join(["%.9g" % x for x in vector])
     if "n" in text:
         raise worker_failed(f"The worker's embedding {index} is not finite.")
@@ -180,7 +181,7 @@ async def create_embeddings(
     items = []
     for i, raw in enumerate(vectors):
         if as_sent and type(raw) is bytes and not len(raw) % 4:
-            value = b'"' + binascii.b2a_base64(raw, newline=False) + b'"'
+            value = b'"' + b64encode(raw) + b'"'
         else:
             value = encode(shorten(to_floats(raw, i), request["dimensions"]), request["encoding"], i)
         items.append(b'{"object":"embedding","index":%d,"embedding":%s}' % (i, value))

@@ -5,9 +5,10 @@ and C{images_editions} worker calls, each answered with C{n} PNG replies.
 
 from __future__ import annotations
 
-import binascii
 import re
 from typing import Any, Callable, Optional
+
+from pybase64 import b64encode
 
 from . import fields
 from .errors import invalid_request, worker_failed
@@ -119,9 +120,9 @@ async def generate(
     store: IImageStore,
     url_for: Callable[[str], str],
     created: int,
-) -> bytes:
+) -> list[bytes]:
     """
-    @return: the response body.
+    @return: the response body, in parts.
     """
     n = request["n"]
     pngs: list[bytes] = []
@@ -143,6 +144,7 @@ async def generate(
         else:
             # Written as bytes rather than through the JSON encoder, which
             # would scan megabytes of base64 for characters base64 never has.
-            parts += [b'{"b64_json":"', binascii.b2a_base64(png, newline=False), b'"}']
+            parts += [b'{"b64_json":"', b64encode(png), b'"}']
     parts.append(b"]}")
-    return b"".join(parts)
+    # Megabytes of base64 go out as they are, not copied into one body.
+    return parts

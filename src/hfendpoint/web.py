@@ -75,6 +75,15 @@ def send_json(request: Any, value: Any, status: int = 200) -> bytes:
     return dumps(value)
 
 
+def write_parts(request: Any, parts: list[bytes]) -> None:
+    """
+    Write a big body in the parts it was made of rather than copy megabytes
+    into one; the route then returns C{None}, as one that wrote its body.
+    """
+    for part in parts:
+        request.write(part)
+
+
 def send_error(request: Any, error: OpenAIError) -> bytes:
     request.setResponseCode(error.status)
     request.setHeader(b"content-type", b"application/json")
