@@ -14,6 +14,7 @@ import itertools
 import logging
 import os
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -596,6 +597,43 @@ class ModernHandlerTests(SynchronousTestCase):
                 {"id": 2, "data": {"after": True}},
             ],
         )
+
+    def vectors_after(self, handshake: Any, reply: Any) -> Any:
+        async def scenario(peer: Peer) -> Any:
+            if handshake is not None:
+                await peer.send(1, "hfendpoint.describe", handshake)
+                await peer.receive()
+            await peer.send(2, "embeddings", {"input": [[1], [2]]})
+            return (await peer.receive())["data"]
+
+        calls = _sdk.modern_calls({"embeddings": lambda data: reply})
+        return serve_scenario(calls, scenario)
+
+    def test_vectors_as_float32_when_the_gateway_accepts_them(self) -> None:
+        """
+        Lists of floats cross the socket as little-endian float32 bytes when
+        the handshake says the gateway reads them.
+        """
+        handshake = {"protocol": 2, "accepts": ["float32_vectors"]}
+        data = self.vectors_after(handshake, {"embeddings": [[0.5, -0.25], (1.0, 2.0)], "extra": 1})
+        self.assertEqual(
+            data,
+            {"embeddings": [struct.pack("<2f", 0.5, -0.25), struct.pack("<2f", 1.0, 2.0)], "extra": 1},
+        )
+
+    def test_vectors_as_sent_otherwise(self) -> None:
+        """
+        An older gateway (no handshake, or one without C{accepts}) gets the
+        lists; anything that is not a list of numbers is left as it is.
+        """
+        reply = {"embeddings": [[0.5, -0.25]]}
+        self.assertEqual(self.vectors_after(None, reply), reply)
+        self.assertEqual(self.vectors_after({"protocol": 2}, reply), reply)
+        accepting = {"protocol": 2, "accepts": ["float32_vectors"]}
+        odd = {"embeddings": [[0.5, "x"]]}
+        self.assertEqual(self.vectors_after(accepting, odd), odd)
+        raw = {"embeddings": [b"\x00\x00\x00\x00"]}
+        self.assertEqual(self.vectors_after(accepting, raw), raw)
 
     def test_model_name(self) -> None:
         """

@@ -22,6 +22,10 @@ from .process import WorkerProcess, spawn_worker
 
 Spawner = Callable[..., WorkerProcess]
 
+#: What the gateway says of itself in the handshake. C{accepts} lists the
+#: protocol extensions it reads: embedding vectors as float32 bytes.
+HANDSHAKE = {"protocol": PROTOCOL_VERSION, "gateway": "hfendpoint", "accepts": ["float32_vectors"]}
+
 
 class WorkerStartupError(Exception):
     """
@@ -168,7 +172,7 @@ class WorkerService(Service):
         self._ready_timer = self._reactor.callLater(
             self.startup_grace, self._no_handshake, worker
         )
-        d = self.client.call(DESCRIBE, {"protocol": PROTOCOL_VERSION, "gateway": "hfendpoint"})
+        d = self.client.call(DESCRIBE, HANDSHAKE)
         d.addCallbacks(
             lambda reply: self._described(worker, WorkerInfo.from_reply(reply)),
             lambda failure: self._not_described(worker, failure),
