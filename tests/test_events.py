@@ -4,18 +4,12 @@ written together when it catches up, and a client too far behind dropped.
 """
 
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase, TestCase
-from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Site
+from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 from twisted.internet.interfaces import IPushProducer
 
-import treq
-
-from hfendpoint import web
 from hfendpoint.web import EventStream
 
 
