@@ -78,6 +78,19 @@ class SiteTests(SynchronousTestCase):
         request.sentLength = 12
         return request
 
+    def test_switch(self):
+        """
+        C{access_log=False} logs nothing; C{True} is Twisted's own log file.
+        """
+        logged = []
+        for enabled in (True, False):
+            site = GatewaySite(Resource(), access_log=enabled)
+            site._logFormatter = lambda timestamp, request: "line"
+            site._logDateTime = "now"
+            site._logFile = type("File", (), {"write": lambda self, line, e=enabled: logged.append(e)})()
+            site.log(self.request())
+        self.assertEqual(logged, [True])
+
     def test_site_writes_combined_log_lines_to_a_stream(self):
         clock = Clock()
         stream = io.StringIO()

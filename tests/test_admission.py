@@ -126,25 +126,3 @@ class AdmissionTests(SynchronousTestCase):
         finish(a)
         self.successResultOf(idle)
         self.successResultOf(self.admission.when_idle())
-
-
-class AccessLogTests(SynchronousTestCase):
-    def test_switch(self):
-        from twisted.web.resource import Resource as Plain
-
-        from hfendpoint.web import GatewaySite
-
-        logged = []
-        for enabled in (True, False):
-            site = GatewaySite(Plain(), access_log=enabled)
-            site._logFormatter = lambda timestamp, request: "line"
-            site._logDateTime = "now"
-            site._logFile = type("File", (), {"write": lambda self, line, e=enabled: logged.append(e)})()
-            request = DummyRequest([b""])
-            request.method = b"GET"
-            request.uri = b"/"
-            request.clientproto = b"HTTP/1.1"
-            request.code = 200
-            request.sentLength = 0
-            site.log(request)
-        self.assertEqual(logged, [True])

@@ -178,12 +178,7 @@ def send(transport: tcp.Server, data: bytes) -> None:
         # Busy, or broken: the transport meets it and handles it its way.
         sent = 0
     if sent < len(data):
-        # The buffer is empty: it becomes the rest of this one, without a
-        # copy, and the transport pauses the producer if it must.
-        transport.dataBuffer = data
-        transport.offset = sent
-        transport.startWriting()
-        transport._maybePauseProducer()
+        _leave(transport, data, sent)
 
 
 def send_parts(transport: tcp.Server, parts: list[bytes]) -> None:
@@ -201,13 +196,21 @@ def send_parts(transport: tcp.Server, parts: list[bytes]) -> None:
         sent = 0
     for i, part in enumerate(parts):
         if sent < len(part):
-            rest = [memoryview(part)[sent:], *parts[i + 1 :]]
-            transport.dataBuffer = b"".join(rest)
-            transport.offset = 0
-            transport.startWriting()
-            transport._maybePauseProducer()
+            _leave(transport, b"".join([memoryview(part)[sent:], *parts[i + 1 :]]), 0)
             return
         sent -= len(part)
+
+
+def _leave(transport: tcp.Server, data: bytes, offset: int) -> None:
+    """
+    Hand what the socket did not take to the transport, whose buffer is
+    empty: C{data} from C{offset} becomes that buffer, without a copy, and
+    the transport sends it when it can and pauses the producer if it must.
+    """
+    transport.dataBuffer = data
+    transport.offset = offset
+    transport.startWriting()
+    transport._maybePauseProducer()
 
 
 def _empty(transport: tcp.Server) -> bool:
