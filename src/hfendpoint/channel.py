@@ -218,12 +218,12 @@ def _empty(transport: tcp.Server) -> bool:
     Whether C{transport} is open and holds nothing, so that its socket may
     be written to directly.
     """
-    return not (
-        not transport.connected
-        or transport.disconnecting
-        or transport._writeDisconnected
-        or transport._tempDataLen
-        or len(transport.dataBuffer) > transport.offset
+    return bool(
+        transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnected
+        and not transport._tempDataLen
+        and len(transport.dataBuffer) <= transport.offset
     )
 
 
