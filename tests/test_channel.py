@@ -245,6 +245,9 @@ class PartsTests(Serving):
             self.reactor, port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         )
         head, _, body = received.partition(b"\r\n\r\n")
-        self.assertEqual(dechunk(body), b"".join(parts))
+        whole = b"".join(parts)
+        self.assertIn(b"Content-Length: %d\r\n" % len(whole), head + b"\r\n")
+        self.assertNotIn(b"chunked", head.lower())
+        self.assertEqual(body, whole)
         self.assertEqual(direct[0], True)
         self.assertEqual(left[0], True)

@@ -84,7 +84,16 @@ class GatewayTestCase(TestCase):
         response = await self.http.post(self.url + path, json=body, **kwargs)
         content = await response.content()
         self.assertEqual(content_type(response), "application/json", content)
+        self.assertWhole(response, content)
         return response, json.loads(content)
+
+    def assertWhole(self, response: Any, content: bytes) -> None:
+        """
+        A whole JSON body goes with its length, not chunked (Twisted's
+        client keeps the length from the Content-Length header, and has
+        none for a chunked body).
+        """
+        self.assertEqual(response.length, len(content))
 
     async def post_raw(self, path: str, data: bytes, ctype: bytes = b"application/json") -> tuple[Any, bytes]:
         response = await self.http.post(
@@ -118,6 +127,7 @@ class GatewayTestCase(TestCase):
         """
         if isinstance(body, bytes):
             self.assertEqual(content_type(response), "application/json", body)
+            self.assertWhole(response, body)
             body = json.loads(body)
         self.assertEqual(response.code, status, body)
         validate("ErrorResponse", body)

@@ -19,6 +19,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from .errors import OpenAIError
+from .web import send_error
 
 
 def too_many_requests(retry_after: int) -> OpenAIError:
@@ -91,21 +92,14 @@ class AdmissionResource(Resource):
         if request.method != b"POST":
             return self._inner.render(request)
         if self._closing:
-            return self._refuse(request, shutting_down())
+            return send_error(request, shutting_down())
         if self.in_flight < self.max_in_flight and not self._queue:
             self._admit(request)
             return self._inner.render(request)
         if len(self._queue) >= self.max_waiting:
-            return self._refuse(request, too_many_requests(self.retry_after))
+            return send_error(request, too_many_requests(self.retry_after))
         self._enqueue(request)
         return NOT_DONE_YET
-
-    def _refuse(self, request: Any, error: OpenAIError) -> bytes:
-        request.setResponseCode(error.status)
-        request.setHeader(b"content-type", b"application/json")
-        for name, value in error.headers.items():
-            request.setHeader(name.encode("ascii"), value.encode("ascii"))
-        return error.to_json()
 
     def _admit(self, request: Any) -> None:
         self.in_flight += 1
@@ -145,7 +139,7 @@ class AdmissionResource(Resource):
     def _expire(self, waiting: "_Waiting") -> None:
         if self._forget(waiting):
             request = waiting.request
-            request.write(self._refuse(request, queue_timed_out(self.queue_timeout)))
+            request.write(send_error(request, queue_timed_out(self.queue_timeout)))
             request.finish()
 
     # Draining

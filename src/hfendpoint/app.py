@@ -20,7 +20,7 @@ from .batching import EmbeddingBatcher
 from .errors import OpenAIError, not_found
 from .interfaces import IImageStore, IWorkerClient
 from .routing import ExactRoutes
-from .web import EventStream, parse_form, parse_json_body, send_error, send_json, write_parts
+from .web import EventStream, parse_form, parse_json_body, send_error, send_json, set_length, write_parts
 
 DEFAULT_MODEL_NAME = "hfendpoint"
 
@@ -227,6 +227,7 @@ class GatewayApp:
         self._require("embeddings")
         body = await embeddings.create_embeddings(self.client, self.batcher, wanted, self.model_name)
         request.setHeader(b"content-type", b"application/json")
+        set_length(request, len(body))
         return body
 
     # Images
