@@ -210,7 +210,7 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
-    from . import collector
+    from . import allocator, collector
     from .service import GatewayService
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
@@ -254,6 +254,7 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
     reactor.addSystemEventTrigger("before", "shutdown", gateway.stopService)
     reactor.callWhenRunning(start)
     collector.tune(reactor)
+    allocator.tune()
     reactor.run()
     return outcome["code"]
 

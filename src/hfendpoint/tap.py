@@ -93,7 +93,7 @@ class Options(usage.Options):
 def makeService(options: Options) -> Any:
     from twisted.internet import reactor
 
-    from . import collector
+    from . import allocator, collector
     from .service import GatewayService
 
     gateway = GatewayService(
@@ -118,4 +118,5 @@ def makeService(options: Options) -> Any:
     )
     gateway.stop_reactor_on_failure = True
     collector.tune(reactor)
+    allocator.tune()
     return gateway
