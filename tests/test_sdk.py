@@ -413,6 +413,35 @@ class FramingTests(SynchronousTestCase):
         self.assertEqual(len(buffered), 15)
         self.assertLess(max(buffered), _sdk.BIG_MESSAGE)
 
+    def test_big_values_and_small_replies_do_not_mix(self) -> None:
+        """
+        Images written in pieces and tokens of another stream, written at
+        the same time, all arrive whole and each stream in its order.
+        """
+        size = 3 * _sdk.WRITE_PIECE + 5
+
+        async def images(data: Any) -> Any:
+            for part in range(3):
+                yield {"png": bytes([part]) * size, "index": part}
+
+        async def tokens(data: Any) -> Any:
+            for i in range(300):
+                yield {"content": str(i), "finish_reason": None}
+
+        async def scenario(peer: Peer) -> list[Any]:
+            await peer.send(1, "images")
+            await peer.send(2, "tokens")
+            await peer.send(3, "images")
+            return [await peer.receive() for _ in range(306)]
+
+        replies = serve_scenario(_sdk.modern_calls({"images": images, "tokens": tokens}), scenario)
+        for ident in (1, 3):
+            mine = [r["data"] for r in replies if r["id"] == ident]
+            self.assertEqual(mine, [{"png": bytes([part]) * size, "index": part} for part in range(3)])
+        self.assertEqual(
+            [r["data"]["content"] for r in replies if r["id"] == 2], [str(i) for i in range(300)]
+        )
+
     def test_malformed_skipped(self) -> None:
         """
         Messages that are not requests get no reply and stop nothing.
@@ -1037,3 +1066,33 @@ class ProcessTests(SynchronousTestCase):
             result.stderr,
         )
         self.assertNotIn(b"Traceback", result.stderr)
+
+
+class PackPartsTests(SynchronousTestCase):
+    """
+    Big bytes values of a reply's data go out as they are, the rest packed
+    around them, and the whole is what msgpack would have packed.
+    """
+
+    def test_small_messages_packed_whole(self) -> None:
+        for message in (
+            {"id": 1, "data": {"content": "x", "finish_reason": None}},
+            {"id": 2, "data": [b"a" * _sdk.BIG_MESSAGE]},
+            {"id": 3, "data": b"b" * _sdk.BIG_MESSAGE},
+            {"id": 4, "error": "no"},
+        ):
+            self.assertEqual(_sdk.pack_parts(message), [msgpack.packb(message, use_bin_type=True)])
+
+    def test_big_values_apart(self) -> None:
+        first = bytes(range(256)) * (_sdk.BIG_MESSAGE // 256)
+        second = b"z" * (_sdk.BIG_MESSAGE + 3)
+        message = {
+            "id": 7,
+            "data": {"a": 1, "png": first, "small": b"s" * 10, "more": second, "t": "é"},
+        }
+        parts = _sdk.pack_parts(message)
+        self.assertEqual(b"".join(parts), msgpack.packb(message, use_bin_type=True))
+        self.assertIs(parts[1], first)
+        self.assertIs(parts[3], second)
+        self.assertEqual(len(parts), 5)
+        self.assertEqual(msgpack.unpackb(b"".join(parts)), message)

@@ -53,8 +53,10 @@ NOT_A_WORKER = (
     "this program is an hfendpoint worker; start it through the hfendpoint gateway"
 )
 READ_SIZE = 256 * 1024
-#: Replies at least this big are written one at a time (see Connection.send).
+#: Replies at least this big are written one at a time, in pieces of
+#: WRITE_PIECE bytes (see Connection.send).
 BIG_MESSAGE = 256 * 1024
+WRITE_PIECE = 256 * 1024
 
 Handler = Callable[..., Any]
 F = TypeVar("F", bound=Handler)
@@ -283,24 +285,42 @@ class Connection:
         """
         if self.closed:
             raise Cancelled("the connection to the gateway is closed")
-        payload = msgpack.packb(message, use_bin_type=True)
+        parts = pack_parts(message)
         try:
-            if len(payload) < BIG_MESSAGE:
-                self.writer.write(payload)
+            if len(parts) == 1 and len(parts[0]) < BIG_MESSAGE and not self._big_writes.locked():
+                self.writer.write(parts[0])
                 await self.writer.drain()
             else:
-                # One big message in the transport at a time: asyncio's
-                # buffer moves everything behind each partial send, so
-                # several images queued together cost quadratic copying.
                 async with self._big_writes:
-                    self.writer.write(payload)
-                    await self.writer.drain()
+                    await self._write_in_pieces(parts)
         except OSError as error:
             self.lose(error)
             raise Cancelled("the connection to the gateway is lost") from error
         # drain() does not yield when the socket keeps up; yield anyway so
         # that a streaming handler cannot starve the reading of a cancel.
         await asyncio.sleep(0)
+
+    async def _write_in_pieces(self, parts: list[bytes]) -> None:
+        """
+        Write a big message a piece at a time, each once the socket took the
+        last. asyncio copies what a send leaves over into its buffer and
+        moves the rest of that buffer after every partial send, so a whole
+        image written at once is copied over and over; pieces of a view are
+        not copied at all when the socket keeps up. Other messages wait
+        (the caller holds C{_big_writes}) so that none lands in between.
+        """
+        transport = self.writer.transport
+        low, high = transport.get_write_buffer_limits()
+        # drain() then waits until the buffer is empty, not merely low.
+        transport.set_write_buffer_limits(0, 0)
+        try:
+            for part in parts:
+                view = memoryview(part)
+                for start in range(0, len(view), WRITE_PIECE):
+                    self.writer.write(view[start : start + WRITE_PIECE])
+                    await self.writer.drain()
+        finally:
+            transport.set_write_buffer_limits(high, low)
 
     def lose(self, error: BaseException) -> None:
         """
@@ -372,6 +392,46 @@ def is_coroutine_function(function: Any) -> bool:
     return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
         getattr(function, "__call__", None)
     )
+
+
+def pack_parts(message: dict[str, Any]) -> list[bytes]:
+    """
+    A message as MessagePack, in parts: the big C{bytes} values of its
+    C{data} map (an image) stay apart as they are instead of being copied
+    into the packed message, twice, by msgpack. Joined, the parts are
+    exactly what C{msgpack.packb} makes.
+    """
+    data = message.get("data")
+    if type(data) is dict:
+        for value in data.values():
+            if type(value) is bytes and len(value) >= BIG_MESSAGE:
+                return _pack_apart(message)
+    return [msgpack.packb(message, use_bin_type=True)]
+
+
+def _pack_apart(message: dict[str, Any]) -> list[bytes]:
+    parts: list[bytes] = []
+    head = [_packer.pack_map_header(len(message))]
+    for key, value in message.items():
+        head.append(_packer.pack(key))
+        if key != "data":
+            head.append(_packer.pack(value))
+            continue
+        head.append(_packer.pack_map_header(len(value)))
+        for name, item in value.items():
+            head.append(_packer.pack(name))
+            if type(item) is bytes and len(item) >= BIG_MESSAGE:
+                # bin 32: the type byte, then the length, big-endian.
+                head.append(b"\xc6" + len(item).to_bytes(4, "big"))
+                parts += [b"".join(head), item]
+                head = []
+            else:
+                head.append(_packer.pack(item))
+    parts.append(b"".join(head))
+    return parts
+
+
+_packer = msgpack.Packer(use_bin_type=True)
 
 
 def float32_vectors(value: Any) -> Any:
