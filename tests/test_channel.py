@@ -142,6 +142,38 @@ class ChannelTests(Serving):
             self.assertTrue(response.endswith(b"\r\n\r\npath " + path), response)
         self.assertIn(True, direct)
 
+    async def test_finished_response_sent_at_once(self):
+        """
+        A response leaves when its request finishes, not at the end of the
+        turn; what is written before then waits for the rest.
+        """
+        direct, _ = self.record_sends()
+        reactor = self.reactor = __import__("twisted.internet.reactor", fromlist=["reactor"])
+        sends = []
+
+        class Later(Resource):
+            isLeaf = True
+
+            def render_GET(self, request):
+                def answer():
+                    request.setHeader(b"content-length", b"7")
+                    request.write(b"one ")
+                    request.write(b"two")
+                    sends.append(len(direct))
+                    channel = request.channel
+                    request.finish()
+                    sends.append(len(direct))
+                    # The connection stays open: close it on the next turn.
+                    reactor.callLater(0, channel.loseConnection)
+
+                reactor.callLater(0, answer)
+                return NOT_DONE_YET
+
+        port = self.listen(Later(), access_log=False)
+        received = await exchange(reactor, port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(sends, [0, 1])
+        self.assertTrue(received.endswith(b"one two"), received)
+
     async def test_http10_response_whole_before_close(self):
         port = self.listen(Echo(), access_log=False)
         received = await exchange(self.reactor, port, b"GET /old HTTP/1.0\r\n\r\n")

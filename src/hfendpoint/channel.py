@@ -1,6 +1,7 @@
 """
 The HTTP channel of the gateway's site: it sends the bytes of its
-responses to the TCP socket itself, all those of a reactor turn in one
+responses to the TCP socket itself, a whole response as soon as it is
+finished, and the events of a stream all those of a reactor turn in one
 C{send}.
 
 A Twisted TCP transport buffers every write and sends it when the reactor
@@ -145,6 +146,13 @@ class GatewayChannel(HTTPChannel):
             send_parts(self.transport, held)
         else:
             send(self.transport, b"".join(held))
+
+    def requestDone(self, request: Any) -> None:
+        # A whole response leaves at once rather than at the end of the
+        # turn: when a batch of embeddings completes many requests in one
+        # turn, each client has its answer while the next is being written.
+        self.flush_now()
+        super().requestDone(request)
 
     def loseConnection(self) -> None:
         self.flush_now()
