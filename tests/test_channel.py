@@ -142,10 +142,10 @@ class ChannelTests(Serving):
             self.assertTrue(response.endswith(b"\r\n\r\npath " + path), response)
         self.assertIn(True, direct)
 
-    async def test_finished_response_sent_at_once(self):
+    async def finish_and_count_sends(self, body):
         """
-        A response leaves when its request finishes, not at the end of the
-        turn; what is written before then waits for the rest.
+        Answer C{body} in a later turn; return the number of sends made
+        before and right after the request finished, and what arrived.
         """
         direct, _ = self.record_sends()
         reactor = self.reactor = __import__("twisted.internet.reactor", fromlist=["reactor"])
@@ -156,9 +156,9 @@ class ChannelTests(Serving):
 
             def render_GET(self, request):
                 def answer():
-                    request.setHeader(b"content-length", b"7")
-                    request.write(b"one ")
-                    request.write(b"two")
+                    request.setHeader(b"content-length", b"%d" % len(body))
+                    request.write(body[:10])
+                    request.write(body[10:])
                     sends.append(len(direct))
                     channel = request.channel
                     request.finish()
@@ -171,8 +171,22 @@ class ChannelTests(Serving):
 
         port = self.listen(Later(), access_log=False)
         received = await exchange(reactor, port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        return sends, received
+
+    async def test_big_response_sent_when_finished(self):
+        """
+        A big response leaves when its request finishes, not at the end of
+        the turn.
+        """
+        body = b"x" * channel.SEND_AT_ONCE
+        sends, received = await self.finish_and_count_sends(body)
         self.assertEqual(sends, [0, 1])
-        self.assertTrue(received.endswith(b"one two"), received)
+        self.assertTrue(received.endswith(b"\r\n\r\n" + body))
+
+    async def test_small_response_sent_at_the_end_of_the_turn(self):
+        sends, received = await self.finish_and_count_sends(b"a small answer")
+        self.assertEqual(sends, [0, 0])
+        self.assertTrue(received.endswith(b"\r\n\r\na small answer"), received)
 
     async def test_http10_response_whole_before_close(self):
         port = self.listen(Echo(), access_log=False)

@@ -1,8 +1,7 @@
 """
 The HTTP channel of the gateway's site: it sends the bytes of its
-responses to the TCP socket itself, a whole response as soon as it is
-finished, and the events of a stream all those of a reactor turn in one
-C{send}.
+responses to the TCP socket itself, all those of a reactor turn in one
+C{send} (and a big response as soon as it is whole).
 
 A Twisted TCP transport buffers every write and sends it when the reactor
 next finds the socket writable, registering the socket with epoll and
@@ -31,6 +30,10 @@ from twisted.web.http_headers import Headers
 #: they are few (the kernel takes at most 1024) and add up to this many bytes.
 MAX_GATHER = 64
 BIG = 256 * 1024
+
+#: A finished response at least this big is sent at once, not at the end
+#: of the turn.
+SEND_AT_ONCE = 64 * 1024
 
 
 class TurnFlusher:
@@ -148,10 +151,13 @@ class GatewayChannel(HTTPChannel):
             send(self.transport, b"".join(held))
 
     def requestDone(self, request: Any) -> None:
-        # A whole response leaves at once rather than at the end of the
-        # turn: when a batch of embeddings completes many requests in one
-        # turn, each client has its answer while the next is being written.
-        self.flush_now()
+        # A big response leaves as soon as it is whole rather than at the
+        # end of the turn: when a batch of embeddings completes many
+        # requests in one turn, each client reads its answer while the
+        # next is written. Small ones still wait, so that under load the
+        # requests that come back arrive together and are batched together.
+        if sum(map(len, self._held)) >= SEND_AT_ONCE:
+            self.flush_now()
         super().requestDone(request)
 
     def loseConnection(self) -> None:
