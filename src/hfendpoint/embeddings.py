@@ -14,7 +14,8 @@ import math
 import struct
 import sys
 from array import array
-from typing import Any, Optional
+from itertools import chain
+from typing import Any, Iterable, Optional
 
 from pybase64 import b64encode
 
@@ -57,12 +58,12 @@ def parse_input(value: Any) -> tuple[Optional[list[str]], Optional[list[list[int
                 raise _empty_item(i)
         return value, None
     if all(isinstance(v, list) for v in value):
+        if all(value) and _token_ids(chain.from_iterable(value)):
+            return None, value
         for i, tokens in enumerate(value):
             if not tokens:
                 raise _empty_item(i)
-            # Loops in C: a batch holds thousands of token ids. type() is
-            # exact, so a JSON true or 1.0 is not taken for an id.
-            if set(map(type, tokens)) != _INTS or min(tokens) < 0 or max(tokens) > MAX_TOKEN_ID:
+            if not _token_ids(tokens):
                 raise invalid_request(
                     f"Invalid 'input[{i}]': token ids must be integers from 0 to {MAX_TOKEN_ID}.",
                     param=f"input[{i}]",
@@ -75,6 +76,15 @@ def parse_input(value: Any) -> tuple[Optional[list[str]], Optional[list[list[int
         param="input",
         code="invalid_type",
     )
+
+
+def _token_ids(tokens: Iterable[Any]) -> bool:
+    """
+    Whether every item is a token id, checked with loops in C: a batch
+    holds thousands. type() is exact, so a JSON true or 1.0 is not an id.
+    """
+    ids = list(tokens)
+    return set(map(type, ids)) == _INTS and min(ids) >= 0 and max(ids) <= MAX_TOKEN_ID
 
 
 def _empty_item(index: int) -> Exception:
