@@ -200,6 +200,39 @@ class ChatTests(Case):
         self.assertEqual(len({c["id"] for c in chunks}), 1)
         self.assertIs(h.worker.requests[0][1]["stream"], True)
 
+    def test_plain_tokens_among_other_chunks_keep_their_order(self):
+        """
+        Plain tokens take a shorter path than other chunks; mixed, they
+        all arrive, each once, in the worker's order, streamed or not.
+        """
+        logprobs = {"content": [{"token": "c", "logprob": -0.5, "bytes": [99], "top_logprobs": []}]}
+        chunks = [
+            {"content": "a", "finish_reason": None},
+            {"content": "", "finish_reason": None},
+            {"content": "b", "finish_reason": None},
+            {"content": "c", "finish_reason": None, "logprobs": logprobs},
+            {"content": "d", "finish_reason": None},
+            {"content": "e", "index": 0},
+            {"content": "f", "finish_reason": None},
+            {"finish_reason": None, "role": "assistant"},
+            {"content": "g", "finish_reason": None},
+            {"content": "", "finish_reason": "stop"},
+        ]
+        h = AppHarness({"chat_completions": lambda data: [dict(c) for c in chunks]})
+        events = self.events_of(h, "/v1/chat/completions", {"messages": MESSAGES, "stream": True})
+        self.assertEqual(events[-1], "[DONE]")
+        deltas = [e["choices"][0] for e in events[:-1]]
+        self.assertEqual(
+            [d["delta"].get("content") for d in deltas], ["a", "b", "c", "d", "e", "f", "g", None]
+        )
+        self.assertEqual(deltas[0]["delta"]["role"], "assistant")
+        self.assertEqual(deltas[2]["logprobs"]["content"], logprobs["content"])
+        self.assertEqual([d["finish_reason"] for d in deltas], [None] * 7 + ["stop"])
+        result = self.json_of(h, "/v1/chat/completions", {"messages": MESSAGES})
+        self.assertEqual(result["choices"][0]["message"]["content"], "abcdefg")
+        self.assertEqual(result["choices"][0]["logprobs"]["content"], logprobs["content"])
+        self.assertEqual(result["usage"]["completion_tokens"], 7)
+
     def test_stream_text_survives_encoding(self):
         pieces = ["Hé", ' "quoted"', "\nnew\tline", " \\ back", " \u2028", " \x00", " 🎉", " </script>"]
         for stream_options in (None, {"include_usage": True}):

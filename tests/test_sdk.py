@@ -442,6 +442,36 @@ class FramingTests(SynchronousTestCase):
             [r["data"]["content"] for r in replies if r["id"] == 2], [str(i) for i in range(300)]
         )
 
+    def test_replies_of_a_round_written_together(self) -> None:
+        """
+        The replies that streams send in the same round of the event loop
+        leave in one write; every one arrives, each stream's in order.
+        """
+        writes: list[bytes] = []
+        write = asyncio.StreamWriter.write
+
+        def recording_write(writer: asyncio.StreamWriter, data: bytes) -> None:
+            writes.append(bytes(data))
+            write(writer, data)
+
+        self.patch(asyncio.StreamWriter, "write", recording_write)
+
+        async def tokens(data: Any) -> Any:
+            for i in range(100):
+                yield {"content": f"{data['s']}.{i}", "finish_reason": None}
+
+        async def scenario(peer: Peer) -> list[Any]:
+            for s in range(1, 21):
+                await peer.send(s, "tokens", {"s": s})
+            return [await peer.receive() for _ in range(2000)]
+
+        replies = serve_scenario(_sdk.modern_calls({"tokens": tokens}), scenario)
+        for s in range(1, 21):
+            self.assertEqual(
+                [r["data"]["content"] for r in replies if r["id"] == s], [f"{s}.{i}" for i in range(100)]
+            )
+        self.assertLess(len(writes), 2000 // 10)
+
     def test_malformed_skipped(self) -> None:
         """
         Messages that are not requests get no reply and stop nothing.
@@ -721,6 +751,30 @@ class CancelTests(SynchronousTestCase):
                 {"id": 4, "data": "last"},
             ],
         )
+
+    def test_endless_fast_stream(self) -> None:
+        """
+        A handler that sends without ever waiting still lets the cancel be
+        read, and stops.
+        """
+
+        async def endless(data: Any) -> Any:
+            while True:
+                yield "token"
+
+        async def scenario(peer: Peer) -> Any:
+            await peer.send(1, "endless")
+            for _ in range(50):
+                await peer.receive()
+            await peer.cancel(2, 1)
+            await peer.send(3, "echo", "after")
+            while True:
+                reply = await peer.receive()
+                if reply["id"] == 3:
+                    return reply
+
+        calls = _sdk.modern_calls({"endless": endless, "echo": echo})
+        self.assertEqual(serve_scenario(calls, scenario), {"id": 3, "data": "after"})
 
     def test_coroutine(self) -> None:
         """

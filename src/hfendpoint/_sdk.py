@@ -57,6 +57,9 @@ READ_SIZE = 256 * 1024
 #: WRITE_PIECE bytes (see Connection.send).
 BIG_MESSAGE = 256 * 1024
 WRITE_PIECE = 256 * 1024
+#: A handler that sends is made to yield to the event loop every this
+#: many replies, even when the socket keeps up.
+YIELD_EVERY = 16
 
 Handler = Callable[..., Any]
 F = TypeVar("F", bound=Handler)
@@ -154,6 +157,8 @@ class Connection:
         self.float32_vectors = False
         self._unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
         self._big_writes = asyncio.Lock()
+        self._outgoing: list[bytes] = []
+        self._sends = 0
 
     async def read_from(self, reader: asyncio.StreamReader) -> None:
         """
@@ -288,17 +293,39 @@ class Connection:
         parts = pack_parts(message)
         try:
             if len(parts) == 1 and len(parts[0]) < BIG_MESSAGE and not self._big_writes.locked():
-                self.writer.write(parts[0])
+                self._queue(parts[0])
                 await self.writer.drain()
             else:
                 async with self._big_writes:
+                    self._write_outgoing()
                     await self._write_in_pieces(parts)
         except OSError as error:
             self.lose(error)
             raise Cancelled("the connection to the gateway is lost") from error
-        # drain() does not yield when the socket keeps up; yield anyway so
-        # that a streaming handler cannot starve the reading of a cancel.
-        await asyncio.sleep(0)
+        # drain() does not yield when the socket keeps up; yield now and then
+        # anyway so that a streaming handler cannot starve the reading of a
+        # cancel.
+        self._sends += 1
+        if not self._sends % YIELD_EVERY:
+            await asyncio.sleep(0)
+
+    def _queue(self, payload: bytes) -> None:
+        """
+        Write C{payload} with the other replies of this round of the event
+        loop, in one write: a model stepping a batch of streams sends each
+        a token at the same time, and a write, a system call, per token
+        would cost more than the token.
+        """
+        if not self._outgoing:
+            asyncio.get_running_loop().call_soon(self._write_outgoing)
+        self._outgoing.append(payload)
+
+    def _write_outgoing(self) -> None:
+        if self._outgoing:
+            data = b"".join(self._outgoing) if len(self._outgoing) > 1 else self._outgoing[0]
+            self._outgoing = []
+            if not self.closed:
+                self.writer.write(data)
 
     async def _write_in_pieces(self, parts: list[bytes]) -> None:
         """
@@ -346,6 +373,7 @@ class Connection:
             *(request.task for request in pending if request.task is not None),
             return_exceptions=True,
         )
+        self._outgoing = []
         self.writer.close()
         with contextlib.suppress(OSError):
             await self.writer.wait_closed()

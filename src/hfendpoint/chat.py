@@ -230,6 +230,9 @@ class Choice:
 
     def __init__(self, index: int) -> None:
         self.index = index
+        #: Called with the text of each plain token once set (see
+        #: run_choices); until then every chunk takes the general path.
+        self.on_token: Optional[Callable[[str], None]] = None
         self.parts: list[str] = []
         self.tool_calls: list[dict] = []
         self.logprobs: Optional[list] = None
@@ -308,17 +311,25 @@ async def run_choices(
     data: dict,
     on_chunk: Callable[[Choice, dict], None],
     call: str = CALL,
+    collect: bool = False,
 ) -> list[Choice]:
     """
     Run the worker call(s) for every choice of a request and hand each
     chunk to C{on_chunk}; return the finished choices, in index order.
+
+    A chunk that is a token and nothing else, the chunk nearly every reply
+    is, goes instead to its choice's C{on_token} once that is set (by
+    C{on_chunk}, say, once the choice's first event is out); with
+    C{collect}, tokens are only collected, without a call.
     """
     n = data.get("n") or 1
+    choices = [Choice(i) for i in range(n)]
+    if collect:
+        for choice in choices:
+            choice.on_token = _ignore_token
     if n == 1 or "chat_n" in client.info.features:
-        choices = [Choice(i) for i in range(n)]
         calls = [(data, None)]
     else:
-        choices = [Choice(i) for i in range(n)]
         calls = [(dict(data, n=1), choice) for choice in choices]
 
     def receiver(fixed: Optional[Choice]) -> Callable[[Any], bool]:
@@ -339,7 +350,28 @@ async def run_choices(
 
         return on_reply
 
-    requests = [client.request(call, payload, receiver(fixed)) for payload, fixed in calls]
+    def token_receiver(choice: Choice, general: Callable[[Any], bool]) -> Callable[[Any], bool]:
+        parts = choice.parts
+
+        def on_reply(reply: Any) -> bool:
+            if type(reply) is dict and len(reply) == 2 and reply.get("finish_reason", 0) is None:
+                content = reply.get("content")
+                on_token = choice.on_token
+                if on_token is not None and type(content) is str and content:
+                    choice.chunks += 1
+                    parts.append(content)
+                    on_token(content)
+                    return False
+            return general(reply)
+
+        return on_reply
+
+    def receiver_for(fixed: Optional[Choice]) -> Callable[[Any], bool]:
+        choice = fixed if fixed is not None else choices[0] if n == 1 else None
+        general = receiver(fixed)
+        return general if choice is None else token_receiver(choice, general)
+
+    requests = [client.request(call, payload, receiver_for(fixed)) for payload, fixed in calls]
     if len(requests) == 1:
         await requests[0]
     else:
@@ -412,7 +444,7 @@ class ChatCompletion:
         self.id = new_id("chatcmpl-")
 
     async def complete(self) -> dict:
-        choices = await run_choices(self._client, self._data, _ignore)
+        choices = await run_choices(self._client, self._data, _ignore, collect=True)
         usage = await usage_for(self._client, choices, prompt_text(self._data["messages"]))
         return {
             "id": self.id,
@@ -452,26 +484,31 @@ class ChatCompletion:
         self._include_usage = bool(options.get("include_usage"))
         started: set[int] = set()
 
-        templates: dict[int, tuple[bytes, bytes]] = {}
+        def token_writer(index: int) -> Callable[[str], None]:
+            # Once per token: only the text changes, so it goes into
+            # prepared bytes instead of a JSON encode.
+            head, tail = self._content_template(index)
+            write = events.write_raw
+
+            def on_token(content: str) -> None:
+                write(head + encode_string(content).encode("utf-8") + tail)
+
+            return on_token
 
         def on_chunk(choice: Choice, chunk: dict) -> None:
             content = chunk.get("content")
             if (
                 content
-                and choice.index in started
+                and choice.on_token is not None
                 and len(chunk) <= 2
                 and chunk.get("finish_reason") is None
             ):
-                # The common case, once per token: only the text changes,
-                # so it goes into prepared bytes instead of a JSON encode.
-                head, tail = templates.get(choice.index) or templates.setdefault(
-                    choice.index, self._content_template(choice.index)
-                )
-                events.write_raw(head + encode_string(content).encode("utf-8") + tail)
+                choice.on_token(content)
                 return
             delta: dict[str, Any] = {}
             if choice.index not in started:
                 started.add(choice.index)
+                choice.on_token = token_writer(choice.index)
                 delta["role"] = "assistant"
                 delta["content"] = ""
             if chunk.get("content"):
@@ -512,6 +549,10 @@ class ChatCompletion:
 
 
 def _ignore(choice: Choice, chunk: dict) -> None:
+    pass
+
+
+def _ignore_token(content: str) -> None:
     pass
 
 
