@@ -11,7 +11,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from hfendpoint import channel
-from hfendpoint.channel import TurnFlusher
+from hfendpoint.turns import TurnFlusher
 from hfendpoint.web import EventStream, GatewaySite
 
 
@@ -48,6 +48,39 @@ class TurnFlusherTests(SynchronousTestCase):
         clock.advance(0)
         self.assertEqual(log, ["stream", "channel"])
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class TurnFlusherFlushTests(SynchronousTestCase):
+    def test_flush_runs_what_was_added_and_the_turn_has_nothing_left(self):
+        clock = Clock()
+        flusher = TurnFlusher(clock)
+        log = []
+        flusher.add(Item(log, "a"))
+        flusher.flush()
+        self.assertEqual(log, ["a"])
+        self.assertEqual(clock.getDelayedCalls(), [])
+        flusher.add(Item(log, "b"))
+        clock.advance(0)
+        self.assertEqual(log, ["a", "b"])
+
+    def test_flush_with_nothing_added(self):
+        clock = Clock()
+        TurnFlusher(clock).flush()
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_flush_while_flushing_waits(self):
+        clock = Clock()
+        flusher = TurnFlusher(clock)
+        log = []
+
+        def again():
+            flusher.add(Item(log, "later"))
+            flusher.flush()
+            log.append("flush returned")
+
+        flusher.add(Item(log, "first", then=again))
+        clock.advance(0)
+        self.assertEqual(log, ["first", "flush returned", "later"])
 
 
 class Collect(Protocol):

@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from hfendpoint.protocol import IMessageReceiver, ProtocolViolation, WorkerProtocol
+from hfendpoint.protocol import FLUSH_EVERY, IMessageReceiver, ProtocolViolation, WorkerProtocol
 
 
 
@@ -134,3 +134,30 @@ class FramingTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(before))
         self.assertIsNone(self.successResultOf(protocol.when_closed()))
         self.assertEqual(len(receiver.lost), 1)
+
+
+class CountingFlusher:
+    def __init__(self, receiver):
+        self.receiver = receiver
+        self.flushed_at = []
+
+    def flush(self):
+        self.flushed_at.append(len(self.receiver.messages))
+
+
+class FlushTests(SynchronousTestCase):
+    def test_long_reads_flushed_as_they_are_handled(self):
+        """
+        The writes of a read of many replies are flushed every
+        FLUSH_EVERY replies, and every reply is handled, in order.
+        """
+        receiver = Recorder()
+        flusher = CountingFlusher(receiver)
+        protocol = WorkerProtocol(receiver, flusher=flusher)
+        protocol.makeConnection(StringTransport())
+        count = 2 * FLUSH_EVERY + 5
+        protocol.dataReceived(
+            b"".join(msgpack.packb({"id": i, "data": i}) for i in range(count))
+        )
+        self.assertEqual([m["id"] for m in receiver.messages], list(range(count)))
+        self.assertEqual(flusher.flushed_at, [FLUSH_EVERY, 2 * FLUSH_EVERY])

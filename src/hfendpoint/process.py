@@ -25,6 +25,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .turns import flusher_for
 from .protocol import DEFAULT_MAX_MESSAGE_SIZE, WorkerProtocolFactory
 
 SOCKET_BUFFER_SIZE = 1024 * 1024
@@ -227,7 +228,9 @@ def spawn_worker(
         finally:
             os.close(devnull)
         connection = reactor.adoptStreamConnection(
-            ours.fileno(), socket.AF_UNIX, WorkerProtocolFactory(receiver, max_message_size)
+            ours.fileno(),
+            socket.AF_UNIX,
+            WorkerProtocolFactory(receiver, max_message_size, flusher_for(reactor)),
         )
     finally:
         theirs.close()

@@ -8,7 +8,7 @@ the business of its L{IMessageReceiver} (the worker client).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import msgpack
 from twisted.internet.defer import Deferred
@@ -17,8 +17,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface
 
+from .turns import TurnFlusher
+
 DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024 * 1024
 READ_SIZE = 1024 * 1024
+#: Replies handled between two flushes of what they wrote (see dataReceived).
+FLUSH_EVERY = 256
 
 
 class ProtocolViolation(Exception):
@@ -62,10 +66,14 @@ class WorkerProtocol(Protocol):
     _log = Logger()
 
     def __init__(
-        self, receiver: Any, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+        self,
+        receiver: Any,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        flusher: Optional[TurnFlusher] = None,
     ) -> None:
         self._receiver = receiver
         self.max_message_size = max_message_size
+        self._flusher = flusher
         self._unpacker = msgpack.Unpacker(
             raw=False, max_buffer_size=max_message_size, strict_map_key=False
         )
@@ -92,8 +100,16 @@ class WorkerProtocol(Protocol):
             return
         try:
             self._unpacker.feed(data)
+            count = 0
             for message in self._unpacker:
                 self._dispatch(message)
+                count += 1
+                if count == FLUSH_EVERY and self._flusher is not None:
+                    # A read of thousands of tokens (a model's step over
+                    # thousands of streams) is long: the streams served
+                    # first get their token now rather than after the last.
+                    count = 0
+                    self._flusher.flush()
         except msgpack.BufferFull:
             self._violate(
                 f"a message from the worker exceeds {self.max_message_size} bytes"
@@ -141,10 +157,14 @@ class WorkerProtocolFactory(Factory):
     """
 
     def __init__(
-        self, receiver: Any, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+        self,
+        receiver: Any,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        flusher: Optional[TurnFlusher] = None,
     ) -> None:
         self._receiver = receiver
         self._max = max_message_size
+        self._flusher = flusher
 
     def buildProtocol(self, addr: Any) -> WorkerProtocol:
-        return WorkerProtocol(self._receiver, self._max)
+        return WorkerProtocol(self._receiver, self._max, self._flusher)

@@ -17,7 +17,8 @@ from twisted.web.server import Request, Site
 from zope.interface import implementer
 
 from .accesslog import AccessLog, is_stream
-from .channel import channel_protocol, flusher_for
+from .channel import channel_protocol
+from .turns import flusher_for
 from .errors import OpenAIError, invalid_request
 
 DEFAULT_MAX_BODY_SIZE = 10 * 1024 * 1024

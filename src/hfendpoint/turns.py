@@ -1,0 +1,75 @@
+"""
+Work done once at the end of the reactor's turn for everything that asked
+for it during the turn: the writes of event streams and HTTP channels,
+gathered so that each socket gets one send per turn.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from weakref import WeakKeyDictionary
+
+from twisted.internet.interfaces import IReactorTime
+
+
+class TurnFlusher:
+    """
+    Flushes, at the end of the reactor's turn, everything that asked for
+    it during the turn, with one timed call for all of them.
+
+    Event streams flush into their channels and channels to their sockets;
+    a channel that an event stream's flush adds is flushed in the same
+    call, after it.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._pending: list[Any] = []
+        self._call: Any = None
+        self._running = False
+
+    def add(self, item: Any) -> None:
+        """
+        Call C{item.flush_now()} at the end of this turn.
+        """
+        self._pending.append(item)
+        if self._call is None and not self._running:
+            self._call = self._clock.callLater(0, self._run)
+
+    def flush(self) -> None:
+        """
+        Flush now what was added so far, rather than at the end of the
+        turn: for a turn long enough that the first of its writes should
+        not wait for the last.
+        """
+        if self._running or not self._pending:
+            return
+        if self._call is not None:
+            self._call.cancel()
+        self._run()
+
+    def _run(self) -> None:
+        self._call = None
+        self._running = True
+        try:
+            while self._pending:
+                items, self._pending = self._pending, []
+                for item in items:
+                    item.flush_now()
+        finally:
+            self._running = False
+            if self._pending and self._call is None:
+                self._call = self._clock.callLater(0, self._run)
+
+
+_flushers: "WeakKeyDictionary[Any, TurnFlusher]" = WeakKeyDictionary()
+
+
+def flusher_for(clock: IReactorTime) -> TurnFlusher:
+    """
+    The one L{TurnFlusher} of C{clock}.
+    """
+    flusher = _flushers.get(clock)
+    if flusher is None:
+        flusher = _flushers[clock] = TurnFlusher(clock)
+    return flusher
