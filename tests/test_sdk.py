@@ -472,6 +472,30 @@ class FramingTests(SynchronousTestCase):
             )
         self.assertLess(len(writes), 2000 // 10)
 
+    def test_first_reply_of_a_round_written_at_once(self) -> None:
+        """
+        A lone reply does not wait for the end of the round; the next ones
+        of the same round do, and all arrive in order.
+        """
+
+        async def scenario() -> tuple[bytes, bytes]:
+            ours, theirs = socket.socketpair()
+            ours.setblocking(False)
+            _, writer = await asyncio.open_unix_connection(sock=theirs)
+            connection = _sdk.Connection(writer, {})
+            await connection.send({"id": 1, "data": "a"})
+            await connection.send({"id": 2, "data": "b"})
+            first = ours.recv(4096)
+            await asyncio.sleep(0)
+            rest = ours.recv(4096)
+            await connection.close()
+            ours.close()
+            return first, rest
+
+        first, rest = asyncio.run(asyncio.wait_for(scenario(), TIMEOUT))
+        self.assertEqual(first, msgpack.packb({"id": 1, "data": "a"}))
+        self.assertEqual(rest, msgpack.packb({"id": 2, "data": "b"}))
+
     def test_malformed_skipped(self) -> None:
         """
         Messages that are not requests get no reply and stop nothing.

@@ -158,6 +158,7 @@ class Connection:
         self._unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
         self._big_writes = asyncio.Lock()
         self._outgoing: list[bytes] = []
+        self._round_open = False
         self._sends = 0
 
     async def read_from(self, reader: asyncio.StreamReader) -> None:
@@ -311,14 +312,23 @@ class Connection:
 
     def _queue(self, payload: bytes) -> None:
         """
-        Write C{payload} with the other replies of this round of the event
-        loop, in one write: a model stepping a batch of streams sends each
-        a token at the same time, and a write, a system call, per token
-        would cost more than the token.
+        Write the first reply of a round of the event loop at once (a lone
+        reply should not wait), and the others of the round together at
+        its end, in one write: a model stepping a batch of streams sends
+        each a token at the same time, and a write, a system call, per
+        token would cost more than the token.
         """
-        if not self._outgoing:
-            asyncio.get_running_loop().call_soon(self._write_outgoing)
-        self._outgoing.append(payload)
+        if self._round_open:
+            self._outgoing.append(payload)
+            return
+        self._round_open = True
+        asyncio.get_running_loop().call_soon(self._end_round)
+        if not self.closed:
+            self.writer.write(payload)
+
+    def _end_round(self) -> None:
+        self._round_open = False
+        self._write_outgoing()
 
     def _write_outgoing(self) -> None:
         if self._outgoing:
