@@ -137,6 +137,15 @@ class ResponseParser:
                         self._done(out)
                 continue
             terminator = b"\r\n\r\n" if self.state == self.HEAD else b"\r\n"
+            if not self.pending:
+                # The usual case: the line is whole in this read; find it
+                # in place rather than copy the read (a big body) twice.
+                i = data.find(terminator, pos)
+                if i >= 0:
+                    line = data[pos:i]
+                    pos = i + len(terminator)
+                    self._line(line, out)
+                    continue
             start = max(0, len(self.pending) - len(terminator) + 1)
             self.pending += data[pos:] if pos else data
             i = self.pending.find(terminator, start)
