@@ -434,6 +434,12 @@ class EmbeddingsTests(Case):
     def embed(self, data):
         return [{"embeddings": [[3.0, 4.0, 0.0] for _ in data["input"]]}]
 
+    def test_token_ids_at_the_bounds(self):
+        h = AppHarness({"embeddings": self.embed})
+        body = self.json_of(h, "/v1/embeddings", {"input": [[0, 2**32 - 1], [7]]})
+        self.assertEqual(len(body["data"]), 2)
+        self.assertEqual(h.worker.requests[0][1]["input"], [[0, 2**32 - 1], [7]])
+
     def test_strings_are_tokenized_first(self):
         h = AppHarness({"tokenize": tokenize, "embeddings": self.embed})
         body = self.json_of(h, "/v1/embeddings", {"model": "m", "input": ["ab cde", "f"], "encoding_format": "float"})

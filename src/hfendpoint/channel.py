@@ -55,6 +55,13 @@ class GatewayChannel(HTTPChannel):
     def connectionMade(self) -> None:
         super().connectionMade()
         self._direct = type(self.transport) is tcp.Server
+        self._host: Any = None
+
+    def getHost(self) -> Any:
+        # Asked for by every request; the socket's address does not change.
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
 
     def write(self, data: bytes) -> None:
         if not self._direct:

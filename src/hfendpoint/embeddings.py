@@ -28,6 +28,8 @@ from .web import dumps
 MAX_INPUTS = 2048
 MAX_TOKEN_ID = 2**32 - 1
 _INTS = {int}
+#: The array type code of a 32-bit unsigned integer on this platform.
+_UINT32 = next(code for code in "IL" if array(code).itemsize == 4)
 
 
 def parse_input(value: Any) -> tuple[Optional[list[str]], Optional[list[list[int]]]]:
@@ -81,10 +83,17 @@ def parse_input(value: Any) -> tuple[Optional[list[str]], Optional[list[list[int
 def _token_ids(tokens: Iterable[Any]) -> bool:
     """
     Whether every item is a token id, checked with loops in C: a batch
-    holds thousands. type() is exact, so a JSON true or 1.0 is not an id.
+    holds thousands. type() is exact, so a JSON true or 1.0 is not an id;
+    an array of C unsigned ints takes exactly 0 to MAX_TOKEN_ID.
     """
     ids = list(tokens)
-    return set(map(type, ids)) == _INTS and min(ids) >= 0 and max(ids) <= MAX_TOKEN_ID
+    if set(map(type, ids)) != _INTS:
+        return False
+    try:
+        array(_UINT32, ids)
+    except OverflowError:
+        return False
+    return True
 
 
 def _empty_item(index: int) -> Exception:
