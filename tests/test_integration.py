@@ -714,6 +714,7 @@ class ImagesTests(GatewayTestCase):
         response, png = await self.get(path)
         self.assertEqual(response.code, 200, png)
         self.assertEqual(content_type(response), "image/png")
+        self.assertWhole(response, png)
         self.assertEqual(png_size(png), (32, 48))
 
         response, body = await self.delete(path)

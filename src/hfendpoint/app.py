@@ -270,6 +270,7 @@ class GatewayApp:
             raise not_found(f"No image with id '{image_id}'.", code="image_not_found")
         request.setHeader(b"content-type", b"image/png")
         request.setHeader(b"cache-control", b"private, max-age=3600")
+        set_length(request, len(png))
         return png
 
     @app.route("/v1/images/<image_id>", methods=["DELETE"])
