@@ -26,7 +26,7 @@ class _Waiter:
 
     def __init__(self, tokens: list[list[int]], deferred: Deferred) -> None:
         self.tokens = tokens
-        self.count = sum(len(t) for t in tokens)
+        self.count = sum(map(len, tokens))
         self.deferred = deferred
 
 

@@ -186,6 +186,20 @@ def encode(vector: array, encoding: str, index: int) -> bytes:
     return b"[" + text.encode("ascii") + b"]"
 
 
+_item_heads: list[bytes] = []
+
+
+def item_heads(count: int) -> list[bytes]:
+    """
+    The openings of the first C{count} items of a response, up to their
+    C{embedding} value, made once for the life of the process.
+    """
+    while len(_item_heads) < count:
+        i = len(_item_heads)
+        _item_heads.append(b'%s{"object":"embedding","index":%d,"embedding":' % (b"," if i else b"", i))
+    return _item_heads
+
+
 async def create_embeddings(
     client: IWorkerClient, batcher: EmbeddingBatcher, request: dict, model: str
 ) -> bytes:
@@ -201,13 +215,13 @@ async def create_embeddings(
     as_sent = request["encoding"] == "base64" and request["dimensions"] is None and sys.byteorder == "little"
     # One list of parts joined once: the vectors are most of the body.
     parts = [b'{"object":"list","data":[']
+    heads = item_heads(len(vectors))
     for i, raw in enumerate(vectors):
-        parts.append(b'%s{"object":"embedding","index":%d,"embedding":' % (b"," if i else b"", i))
         if as_sent and type(raw) is bytes and not len(raw) % 4:
-            parts += (b'"', b64encode(raw), b'"}')
+            parts += (heads[i], b'"', b64encode(raw), b'"}')
         else:
-            parts += (encode(shorten(to_floats(raw, i), request["dimensions"]), request["encoding"], i), b"}")
-    count = sum(len(t) for t in tokens)
+            parts += (heads[i], encode(shorten(to_floats(raw, i), request["dimensions"]), request["encoding"], i), b"}")
+    count = sum(map(len, tokens))
     usage = {"prompt_tokens": count, "total_tokens": count}
     parts += (b'],"model":', dumps(model), b',"usage":', dumps(usage), b"}")
     return b"".join(parts)
