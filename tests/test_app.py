@@ -525,6 +525,33 @@ class EmbeddingsTests(Case):
         self.assertEqual(h.worker.requests, [])
 
 
+class JSONBodyTests(Case):
+    def test_not_json(self):
+        h = AppHarness({"chat_completions": tokens_chat("x")})
+        for raw in (
+            b'{"messages": [',
+            b'{"messages": NaN}',
+            b'{"model": "\\ud800"}',
+            b'{"model": "m"} trailing',
+            b'{"model": "\xff"}',
+            b"[" * 2000 + b"]" * 2000,
+        ):
+            error = self.error_of(h, "/v1/chat/completions", raw)
+            self.assertEqual(error["code"], "invalid_json", raw[:40])
+        self.assertEqual(h.worker.requests, [])
+
+    def test_byte_order_mark_ignored(self):
+        h = AppHarness({"chat_completions": tokens_chat("x")})
+        body = json.dumps({"messages": MESSAGES}).encode()
+        result = self.json_of(h, "/v1/chat/completions", b"\xef\xbb\xbf" + body)
+        self.assertEqual(result["choices"][0]["message"]["content"], "x")
+
+    def test_number_beyond_64_bits(self):
+        h = AppHarness({"chat_completions": tokens_chat("x")})
+        error = self.error_of(h, "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 123456789012345678901234567890}')
+        self.assertEqual(error["param"], "max_tokens")
+
+
 PNG = b"\x89PNG\r\n\x1a\n" + b"fake"
 
 

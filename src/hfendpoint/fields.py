@@ -82,6 +82,10 @@ def get_bool(body: dict, name: str, default: Optional[bool] = None, prefix: str 
     return value
 
 
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+
 def _check_range(label: str, value: float, minimum: Optional[float], maximum: Optional[float], kind: str) -> None:
     if minimum is not None and value < minimum:
         raise invalid_value(
@@ -111,7 +115,14 @@ def get_int(
         value = int(value)
     if not is_int(value):
         raise wrong_type(label, "an integer", value)
-    _check_range(label, value, minimum, maximum, "integer")
+    # Integers travel to the worker as 64-bit MessagePack integers.
+    _check_range(
+        label,
+        value,
+        INT64_MIN if minimum is None else minimum,
+        INT64_MAX if maximum is None else maximum,
+        "integer",
+    )
     return value
 
 

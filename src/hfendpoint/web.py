@@ -11,6 +11,7 @@ import json.encoder
 from email import message_from_bytes
 from typing import Any, Optional, TextIO, Union
 
+import orjson
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.web.server import Request, Site
@@ -39,8 +40,7 @@ def dumps(value: Any) -> bytes:
     return _encoder.encode(value).encode("utf-8")
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def parse_json_body(request: Any) -> dict[str, Any]:
@@ -50,9 +50,13 @@ def parse_json_body(request: Any) -> dict[str, Any]:
     @raise OpenAIError: a 400 saying what is wrong with it.
     """
     raw = request.content.read() if request.content is not None else b""
+    if raw.startswith(UTF8_BOM):
+        raw = raw[len(UTF8_BOM) :]
     try:
-        body = json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        # orjson: a third of the time of json on a batch of token ids, and
+        # strict where json is lax (NaN, lone surrogates).
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
         raise invalid_request(
             "We could not parse the JSON body of your request. (HINT: This likely "
             "means you aren't using your HTTP library correctly. The OpenAI API "
