@@ -496,6 +496,45 @@ class FramingTests(SynchronousTestCase):
         self.assertEqual(first, msgpack.packb({"id": 1, "data": "a"}))
         self.assertEqual(rest, msgpack.packb({"id": 2, "data": "b"}))
 
+    def test_streams_stepped_together_keep_their_order(self) -> None:
+        """
+        Streams that each send one reply per step of a shared clock (a
+        model decoding a batch) reply in the same order at every step:
+        none is made to yield and fall behind the others.
+        """
+        waiters: list[asyncio.Future] = []
+
+        async def step() -> None:
+            future = asyncio.get_running_loop().create_future()
+            waiters.append(future)
+            await future
+
+        async def stepped(data: Any) -> Any:
+            for i in range(20):
+                yield i
+                await step()
+
+        async def scenario(peer: Peer) -> list[Any]:
+            for ident in range(1, 41):
+                await peer.send(ident, "stepped")
+            replies = [await peer.receive() for _ in range(40)]
+            for _ in range(19):
+                while len(waiters) < 40:
+                    await asyncio.sleep(0)
+                ready = waiters[:]
+                del waiters[:]
+                for future in ready:
+                    future.set_result(None)
+                replies += [await peer.receive() for _ in range(40)]
+            return replies
+
+        replies = serve_scenario(_sdk.modern_calls({"stepped": stepped}), scenario)
+        steps = [replies[i : i + 40] for i in range(0, 800, 40)]
+        for number, replies_of_step in enumerate(steps):
+            self.assertEqual({r["data"] for r in replies_of_step}, {number})
+        orders = [[r["id"] for r in replies_of_step] for replies_of_step in steps[1:]]
+        self.assertEqual(orders, [orders[0]] * len(orders))
+
     def test_malformed_skipped(self) -> None:
         """
         Messages that are not requests get no reply and stop nothing.

@@ -57,8 +57,8 @@ READ_SIZE = 256 * 1024
 #: WRITE_PIECE bytes (see Connection.send).
 BIG_MESSAGE = 256 * 1024
 WRITE_PIECE = 256 * 1024
-#: A handler that sends is made to yield to the event loop every this
-#: many replies, even when the socket keeps up.
+#: A handler that sends this many replies in a row, with no other
+#: handler's in between, is made to yield to the event loop.
 YIELD_EVERY = 16
 
 Handler = Callable[..., Any]
@@ -159,7 +159,8 @@ class Connection:
         self._big_writes = asyncio.Lock()
         self._outgoing: list[bytes] = []
         self._round_open = False
-        self._sends = 0
+        self._sender: Optional[asyncio.Task] = None
+        self._sender_sends = 0
 
     async def read_from(self, reader: asyncio.StreamReader) -> None:
         """
@@ -303,12 +304,20 @@ class Connection:
         except OSError as error:
             self.lose(error)
             raise Cancelled("the connection to the gateway is lost") from error
-        # drain() does not yield when the socket keeps up; yield now and then
-        # anyway so that a streaming handler cannot starve the reading of a
-        # cancel.
-        self._sends += 1
-        if not self._sends % YIELD_EVERY:
-            await asyncio.sleep(0)
+        # drain() does not yield when the socket keeps up: a handler that
+        # sends reply after reply without waiting for anything is made to
+        # yield every YIELD_EVERY of them, so that it cannot starve the
+        # reading of a cancel. Handlers that take turns (a model stepping
+        # its streams) never are, so their order is kept step after step.
+        task = asyncio.current_task()
+        if task is self._sender:
+            self._sender_sends += 1
+            if self._sender_sends >= YIELD_EVERY:
+                self._sender_sends = 0
+                await asyncio.sleep(0)
+        else:
+            self._sender = task
+            self._sender_sends = 1
 
     def _queue(self, payload: bytes) -> None:
         """
