@@ -482,7 +482,6 @@ class ChatCompletion:
     async def stream(self, events: Any) -> None:
         options = self._data.get("stream_options") or {}
         self._include_usage = bool(options.get("include_usage"))
-        started: set[int] = set()
 
         def token_writer(index: int) -> Callable[[str], None]:
             # Once per token: only the text changes, so it goes into
@@ -506,8 +505,9 @@ class ChatCompletion:
                 choice.on_token(content)
                 return
             delta: dict[str, Any] = {}
-            if choice.index not in started:
-                started.add(choice.index)
+            if choice.on_token is None:
+                # The choice's first event: once it is out, plain tokens
+                # take the short path.
                 choice.on_token = token_writer(choice.index)
                 delta["role"] = "assistant"
                 delta["content"] = ""
