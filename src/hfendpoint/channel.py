@@ -55,7 +55,8 @@ class GatewayChannel(HTTPChannel):
     def connectionMade(self) -> None:
         super().connectionMade()
         self._direct = type(self.transport) is tcp.Server
-        self._host: Any = None
+
+    _host: Any = None
 
     def getHost(self) -> Any:
         # Asked for by every request; the socket's address does not change.
