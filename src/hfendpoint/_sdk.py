@@ -115,7 +115,7 @@ class Request:
             raise Cancelled(f"request {self.id} was cancelled")
         if self.name == "embeddings" and self.connection.float32_vectors:
             value = float32_vectors(value)
-        await self.connection.send({"id": self.id, "data": value})
+        await self.connection.send({"id": self.id, "data": value}, self)
 
     def cancel(self) -> None:
         """
@@ -159,7 +159,7 @@ class Connection:
         self._big_writes = asyncio.Lock()
         self._outgoing: list[bytes] = []
         self._round_open = False
-        self._sender: Optional[asyncio.Task] = None
+        self._sender: Any = None
         self._sender_sends = 0
 
     async def read_from(self, reader: asyncio.StreamReader) -> None:
@@ -283,11 +283,13 @@ class Connection:
         if request is not None:
             request.cancel()
 
-    async def send(self, message: dict[str, Any]) -> None:
+    async def send(self, message: dict[str, Any], sender: Any = None) -> None:
         """
         Write one whole message and wait until the socket takes it, so that a
         fast producer cannot queue unbounded replies.
 
+        @param sender: what sends it (its L{Request}), to tell a handler that
+            sends reply after reply from handlers that take turns.
         @raise Cancelled: if the connection is gone.
         """
         if self.closed:
@@ -309,14 +311,13 @@ class Connection:
         # yield every YIELD_EVERY of them, so that it cannot starve the
         # reading of a cancel. Handlers that take turns (a model stepping
         # its streams) never are, so their order is kept step after step.
-        task = asyncio.current_task()
-        if task is self._sender:
+        if sender is self._sender:
             self._sender_sends += 1
             if self._sender_sends >= YIELD_EVERY:
                 self._sender_sends = 0
                 await asyncio.sleep(0)
         else:
-            self._sender = task
+            self._sender = sender
             self._sender_sends = 1
 
     def _queue(self, payload: bytes) -> None:
