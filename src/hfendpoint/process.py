@@ -25,8 +25,8 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .turns import flusher_for
 from .protocol import DEFAULT_MAX_MESSAGE_SIZE, WorkerProtocolFactory
+from .turns import flusher_for
 
 SOCKET_BUFFER_SIZE = 1024 * 1024
 WORKER_FD = 3

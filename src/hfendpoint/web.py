@@ -19,8 +19,8 @@ from zope.interface import implementer
 
 from .accesslog import AccessLog, is_stream
 from .channel import channel_protocol
-from .turns import flusher_for
 from .errors import OpenAIError, invalid_request
+from .turns import flusher_for
 
 DEFAULT_MAX_BODY_SIZE = 10 * 1024 * 1024
 
