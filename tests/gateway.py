@@ -210,8 +210,8 @@ def tiny_png(width: int = 2, height: int = 2) -> bytes:
 
 def as_float32(values: list[float]) -> list[float]:
     """
-    Numbers rounded to float32, as the gateway sends embeddings: JSON
-    floats carry nine significant digits, exactly enough for a float32.
+    Numbers rounded to float32, as the gateway sends embeddings: each
+    JSON float is the exact value of a float32.
     """
     return array("f", values).tolist()
 

@@ -480,6 +480,16 @@ class EmbeddingsTests(Case):
         body = self.json_of(h, "/v1/embeddings", {"input": [1]})
         self.assertEqual(array("f", body["data"][0]["embedding"]).tobytes(), array("f", values).tobytes())
 
+    def test_floats_written_as_openai_writes_them(self):
+        """
+        A float32 is written as the shortest text of its exact value, as
+        OpenAI's responses have it: 0.1 as float32 is 0.10000000149011612.
+        """
+        h = AppHarness({"embeddings": lambda data: [{"embeddings": [[0.1, -0.5, 0.0]]}]})
+        response, raw = self.respond(h, "/v1/embeddings", {"input": [1]})
+        self.assertEqual(response.code, 200, raw)
+        self.assertIn(b'"embedding":[0.10000000149011612,-0.5,0.0]', raw)
+
     def test_non_finite_vector(self):
         h = AppHarness({"embeddings": lambda data: [{"embeddings": [[1.0, float("nan")]]}]})
         error = self.error_of(h, "/v1/embeddings", {"input": [1]}, 500)

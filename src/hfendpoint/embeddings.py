@@ -17,6 +17,7 @@ from array import array
 from itertools import chain
 from typing import Any, Iterable, Optional
 
+import orjson
 from pybase64 import b64encode
 
 from . import fields
@@ -171,19 +172,21 @@ def encode(vector: array, encoding: str, index: int) -> bytes:
     """
     One vector as the JSON value of its C{embedding} field.
 
-    Floats are written with nine significant digits, which is exactly
-    enough for a float32 to read back bit for bit; it is three times as
-    fast as the JSON encoder and a third shorter.
+    Each float32 is written as the shortest text of its exact value as a
+    double, as OpenAI's own responses have it (C{-0.006929283495992422}):
+    it reads back bit for bit, and orjson writes it seven times as fast as
+    nine digits through C{%}-formatting.
     """
     if encoding == "base64":
         if sys.byteorder != "little":
             vector = array("f", vector)
             vector.byteswap()
         return b'"' + b64encode(vector) + b'"'
-    text = ",".join(["%.9g" % x for x in vector])
-    if "n" in text:
+    text = orjson.dumps(vector.tolist())
+    if b"n" in text:
+        # orjson writes NaN and infinities as null.
         raise worker_failed(f"The worker's embedding {index} is not finite.")
-    return b"[" + text.encode("ascii") + b"]"
+    return text
 
 
 _item_heads: list[bytes] = []
@@ -222,6 +225,5 @@ async def create_embeddings(
         else:
             parts += (heads[i], encode(shorten(to_floats(raw, i), request["dimensions"]), request["encoding"], i), b"}")
     count = sum(map(len, tokens))
-    usage = {"prompt_tokens": count, "total_tokens": count}
-    parts += (b'],"model":', dumps(model), b',"usage":', dumps(usage), b"}")
+    parts += (b'],"model":', dumps(model), b',"usage":{"prompt_tokens":%d,"total_tokens":%d}}' % (count, count))
     return b"".join(parts)
