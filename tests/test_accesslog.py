@@ -107,3 +107,27 @@ class SiteTests(SynchronousTestCase):
         site.stopFactory()
         self.assertEqual(len(stream.getvalue().splitlines()), 3)
         self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_lines_formatted_at_the_end_of_the_turn(self):
+        """
+        A request's line is formatted when the turn's lines are written,
+        after its response has left, with the time it finished.
+        """
+        clock = Clock()
+        stream = io.StringIO()
+        site = GatewaySite(Resource(), access_log=stream, reactor=clock)
+        site.startFactory()
+        self.addCleanup(site.stopFactory)
+        formatted = []
+
+        def formatter(timestamp, request):
+            formatted.append(timestamp)
+            return f"{request.code} at {timestamp}"
+
+        site._logFormatter = formatter
+        site._logDateTime = "then"
+        site.log(self.request())
+        site._logDateTime = "later"
+        self.assertEqual(formatted, [])
+        clock.advance(0)
+        self.assertEqual(stream.getvalue(), "200 at then\n")

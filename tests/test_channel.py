@@ -11,7 +11,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from hfendpoint import channel
-from hfendpoint.turns import TurnFlusher
+from hfendpoint.turns import TurnFlusher, flusher_for
 from hfendpoint.web import EventStream, GatewaySite
 
 
@@ -48,6 +48,20 @@ class TurnFlusherTests(SynchronousTestCase):
         clock.advance(0)
         self.assertEqual(log, ["stream", "channel"])
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class TurnFlusherAloneTests(SynchronousTestCase):
+    def test_alone_only_after_the_last_reply_and_with_nothing_else(self):
+        flusher = TurnFlusher(Clock())
+        log = []
+        first, second = Item(log, "a"), Item(log, "b")
+        flusher.add(first)
+        self.assertFalse(flusher.alone(first))
+        flusher.last_reply = True
+        self.assertTrue(flusher.alone(first))
+        self.assertFalse(flusher.alone(second))
+        flusher.add(second)
+        self.assertFalse(flusher.alone(first))
 
 
 class TurnFlusherFlushTests(SynchronousTestCase):
@@ -175,10 +189,14 @@ class ChannelTests(Serving):
             self.assertTrue(response.endswith(b"\r\n\r\npath " + path), response)
         self.assertIn(True, direct)
 
-    async def finish_and_count_sends(self, body):
+    async def finish_and_count_sends(self, body, last_reply=False, other=None):
         """
         Answer C{body} in a later turn; return the number of sends made
         before and right after the request finished, and what arrived.
+
+        @param last_reply: finish while the flusher is told that the reply
+            being handled is the last one read.
+        @param other: something else to flush at the end of the turn.
         """
         direct, _ = self.record_sends()
         reactor = self.reactor = __import__("twisted.internet.reactor", fromlist=["reactor"])
@@ -194,7 +212,14 @@ class ChannelTests(Serving):
                     request.write(body[10:])
                     sends.append(len(direct))
                     channel = request.channel
-                    request.finish()
+                    flusher = flusher_for(reactor)
+                    if other is not None:
+                        flusher.add(other)
+                    flusher.last_reply = last_reply
+                    try:
+                        request.finish()
+                    finally:
+                        flusher.last_reply = False
                     sends.append(len(direct))
                     # The connection stays open: close it on the next turn.
                     reactor.callLater(0, channel.loseConnection)
@@ -219,6 +244,24 @@ class ChannelTests(Serving):
     async def test_small_response_sent_at_the_end_of_the_turn(self):
         sends, received = await self.finish_and_count_sends(b"a small answer")
         self.assertEqual(sends, [0, 0])
+        self.assertTrue(received.endswith(b"\r\n\r\na small answer"), received)
+
+    async def test_last_reply_response_sent_when_finished(self):
+        """
+        A response finished by the last reply read from the worker leaves
+        at once: nothing else in the turn would join it.
+        """
+        sends, received = await self.finish_and_count_sends(b"a small answer", last_reply=True)
+        self.assertEqual(sends, [0, 1])
+        self.assertTrue(received.endswith(b"\r\n\r\na small answer"), received)
+
+    async def test_last_reply_response_waits_for_others_of_the_turn(self):
+        log = []
+        sends, received = await self.finish_and_count_sends(
+            b"a small answer", last_reply=True, other=Item(log, "other")
+        )
+        self.assertEqual(sends, [0, 0])
+        self.assertEqual(log, ["other"])
         self.assertTrue(received.endswith(b"\r\n\r\na small answer"), received)
 
     async def test_http10_response_whole_before_close(self):

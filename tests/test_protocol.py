@@ -2,16 +2,33 @@
 Framing of the worker socket, fed in every split.
 """
 
+import socket
+
 import msgpack
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from hfendpoint.protocol import FLUSH_EVERY, IMessageReceiver, ProtocolViolation, WorkerProtocol
+from hfendpoint import protocol as protocol_module
+from hfendpoint.protocol import (
+    FLUSH_EVERY,
+    IMessageReceiver,
+    ProtocolViolation,
+    WorkerProtocol,
+    WorkerProtocolFactory,
+)
+from hfendpoint.turns import flusher_for
+
+
+def reactor_of():
+    from twisted.internet import reactor
+
+    return reactor
 
 
 
@@ -161,3 +178,78 @@ class FlushTests(SynchronousTestCase):
         )
         self.assertEqual([m["id"] for m in receiver.messages], list(range(count)))
         self.assertEqual(flusher.flushed_at, [FLUSH_EVERY, 2 * FLUSH_EVERY])
+
+    def test_last_reply_of_what_was_read(self):
+        """
+        The flusher is told which reply is the last one of what has been
+        read, while that reply is handled; a reply cut short by the read
+        is more to come.
+        """
+        receiver = Recorder()
+        flusher = CountingFlusher(receiver)
+        marks = []
+        receiver.message_received = lambda message: marks.append((message["id"], flusher.last_reply))
+        protocol = WorkerProtocol(receiver, flusher=flusher)
+        protocol.makeConnection(StringTransport())
+        wire = [msgpack.packb({"id": i, "data": "x" * 10}) for i in range(4)]
+        protocol.dataReceived(wire[0] + wire[1])
+        protocol.dataReceived(wire[2] + wire[3][:5])
+        self.assertFalse(flusher.last_reply)
+        protocol.dataReceived(wire[3][5:])
+        self.assertEqual(marks, [(0, False), (1, True), (2, False), (3, True)])
+        self.assertFalse(flusher.last_reply)
+
+
+class HeldWritesTests(TestCase):
+    """
+    On a real socket, what the gateway writes to the worker in a turn
+    leaves in one send at the end of the turn.
+    """
+
+    def connect(self):
+        from twisted.internet import reactor
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(theirs.close)
+        ours.setblocking(False)
+        receiver = Recorder()
+        transport = reactor.adoptStreamConnection(
+            ours.fileno(), socket.AF_UNIX, WorkerProtocolFactory(receiver, flusher=flusher_for(reactor))
+        )
+        ours.close()
+        self.addCleanup(transport.abortConnection)
+        sends = []
+        real = protocol_module.send
+        self.patch(protocol_module, "send", lambda t, data: (sends.append(data), real(t, data)))
+        return receiver.protocol, transport, theirs, sends
+
+    async def test_writes_of_a_turn_leave_together_in_order(self):
+        protocol, _, theirs, sends = self.connect()
+        messages = [{"id": i, "name": "chat_completions", "data": {"n": i}} for i in range(3)]
+        for message in messages:
+            protocol.send(message)
+        self.assertEqual(sends, [])
+        await deferLater(reactor_of(), 0, lambda: None)
+        self.assertEqual(len(sends), 1)
+        unpacker = msgpack.Unpacker(raw=False)
+        unpacker.feed(theirs.recv(65536))
+        self.assertEqual(list(unpacker), messages)
+
+    async def test_closing_sends_what_is_held_first(self):
+        from hfendpoint.process import WorkerProcess
+
+        protocol, transport, theirs, sends = self.connect()
+        protocol.send({"id": 1, "name": "embeddings", "data": {}})
+        worker = WorkerProcess.__new__(WorkerProcess)
+        worker._connection, worker._socket_protocol = transport, protocol
+        worker.close_socket()
+        self.assertEqual(len(sends), 1)
+        await protocol.when_closed()
+        theirs.settimeout(5)
+        received = b""
+        while True:
+            data = theirs.recv(65536)
+            if not data:
+                break
+            received += data
+        self.assertEqual(msgpack.unpackb(received), {"id": 1, "name": "embeddings", "data": {}})

@@ -113,7 +113,8 @@ class GatewayChannel(HTTPChannel):
         # requests in one turn, each client reads its answer while the
         # next is written. Small ones still wait, so that under load the
         # requests that come back arrive together and are batched together.
-        if sum(map(len, self._held)) >= SEND_AT_ONCE:
+        # And so does one that nothing else in the turn would join.
+        if self._flusher.alone(self) or sum(map(len, self._held)) >= SEND_AT_ONCE:
             self.flush_now()
         super().requestDone(request)
 

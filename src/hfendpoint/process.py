@@ -159,6 +159,8 @@ class WorkerProcess:
         Close our end: a worker reads EOF and should exit by itself.
         """
         if self._connection is not None:
+            # What the gateway wrote this turn goes first.
+            self._socket_protocol.flush_now()
             self._connection.loseConnection()
 
     def signal(self, name: str) -> None:

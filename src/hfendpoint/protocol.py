@@ -11,12 +11,14 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import msgpack
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface
 
+from .channel import send
 from .turns import TurnFlusher
 
 DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024 * 1024
@@ -80,6 +82,9 @@ class WorkerProtocol(Protocol):
         self._violation: Failure | None = None
         self._closed = False
         self._close_waiters: list[Deferred] = []
+        self._held: list[bytes] = []
+        self._direct = False
+        self._fed = 0
 
     def connectionMade(self) -> None:
         # Read up to a megabyte at a time (Twisted reads 64 KiB): a busy
@@ -87,29 +92,57 @@ class WorkerProtocol(Protocol):
         # gets several tokens per write, and a large image costs 4 reads
         # instead of 64.
         self.transport.bufferSize = READ_SIZE
+        self._direct = self._flusher is not None and isinstance(self.transport, tcp.Connection)
         self._receiver.connected(self)
 
     def send(self, message: dict) -> None:
         """
-        Write one message; the transport buffers it if the worker is slow.
+        Write one message, at the end of the reactor's turn together with
+        the others of the turn; the transport buffers it if the worker is
+        slow.
         """
-        self.transport.write(msgpack.packb(message, use_bin_type=True))
+        data = msgpack.packb(message, use_bin_type=True)
+        if not self._direct:
+            self.transport.write(data)
+            return
+        if not self._held:
+            self._flusher.add(self)
+        self._held.append(data)
+
+    def flush_now(self) -> None:
+        """
+        Send what is held.
+        """
+        held = self._held
+        if held:
+            self._held = []
+            send(self.transport, held[0] if len(held) == 1 else b"".join(held))
 
     def dataReceived(self, data: bytes) -> None:
         if self._violation is not None:
             return
+        flusher = self._flusher
         try:
-            self._unpacker.feed(data)
+            unpacker = self._unpacker
+            unpacker.feed(data)
+            self._fed += len(data)
             count = 0
-            for message in self._unpacker:
-                self._dispatch(message)
+            for message in unpacker:
+                if flusher is None:
+                    self._dispatch(message)
+                    continue
+                flusher.last_reply = unpacker.tell() == self._fed
+                try:
+                    self._dispatch(message)
+                finally:
+                    flusher.last_reply = False
                 count += 1
-                if count == FLUSH_EVERY and self._flusher is not None:
+                if count == FLUSH_EVERY:
                     # A read of thousands of tokens (a model's step over
                     # thousands of streams) is long: the streams served
                     # first get their token now rather than after the last.
                     count = 0
-                    self._flusher.flush()
+                    flusher.flush()
         except msgpack.BufferFull:
             self._violate(
                 f"a message from the worker exceeds {self.max_message_size} bytes"

@@ -22,11 +22,23 @@ class TurnFlusher:
     call, after it.
     """
 
+    #: Set while the gateway handles the last reply of what it has read
+    #: from a worker: nothing more is known to be coming this turn.
+    last_reply = False
+
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
         self._pending: list[Any] = []
         self._call: Any = None
         self._running = False
+
+    def alone(self, item: Any) -> bool:
+        """
+        Whether C{item} may flush now rather than at the end of the turn:
+        it is the only one waiting and no other reply is known to be coming
+        in this turn, so waiting would gather nothing and only delay it.
+        """
+        return self.last_reply and len(self._pending) == 1 and self._pending[0] is item
 
     def add(self, item: Any) -> None:
         """

@@ -366,5 +366,10 @@ class GatewaySite(Site):
             self._logFile = AccessLog(self.access_log, self.reactor)
 
     def log(self, request: Any) -> None:
-        if self.access_log:
+        if not self.access_log:
+            return
+        log_file = self._logFile
+        if isinstance(log_file, AccessLog):
+            log_file.add(self._logFormatter, self._logDateTime, request)
+        else:
             super().log(request)
