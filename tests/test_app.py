@@ -469,6 +469,21 @@ class EmbeddingsTests(Case):
         body = self.json_of(h, "/v1/embeddings", {"input": [1], "encoding_format": "base64"})
         self.assertEqual(base64.b64decode(body["data"][0]["embedding"]), vector)
 
+    def test_float32_bytes_and_lists_in_order(self):
+        """
+        Vectors all sent as float32 bytes, or some as bytes and some as
+        lists, come back as base64 each at its index, with the usage.
+        """
+        vectors = [array("f", [i, -i, 0.5]).tobytes() for i in range(5)]
+        for sent in (vectors, [vectors[0], [1.0, -1.0, 0.5], *vectors[2:]]):
+            h = AppHarness({"embeddings": lambda data, sent=sent: [{"embeddings": sent}]})
+            body = self.json_of(h, "/v1/embeddings", {"input": [[1, 2]] * 5, "encoding_format": "base64"})
+            self.assertEqual((body["object"], body["model"]), ("list", "hfendpoint"))
+            self.assertEqual({d["object"] for d in body["data"]}, {"embedding"})
+            self.assertEqual([d["index"] for d in body["data"]], list(range(5)))
+            self.assertEqual([base64.b64decode(d["embedding"]) for d in body["data"]], vectors)
+            self.assertEqual(body["usage"], {"prompt_tokens": 10, "total_tokens": 10})
+
     def test_dimensions_truncate_and_renormalise(self):
         h = AppHarness({"embeddings": self.embed})
         body = self.json_of(h, "/v1/embeddings", {"input": [1], "dimensions": 1})
