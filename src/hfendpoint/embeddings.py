@@ -211,8 +211,9 @@ def quoted_heads(count: int) -> list[bytes]:
     """
     L{item_heads} with the quote that opens a base64 value.
     """
+    heads = item_heads(count)
     while len(_quoted_heads) < count:
-        _quoted_heads.append(item_heads(len(_quoted_heads) + 1)[len(_quoted_heads)] + b'"')
+        _quoted_heads.append(heads[len(_quoted_heads)] + b'"')
     return _quoted_heads
 
 
@@ -229,9 +230,9 @@ async def create_embeddings(
     vectors = await batcher.embed(tokens)
     # float32 bytes from the worker are already what base64 wants.
     as_sent = request["encoding"] == "base64" and request["dimensions"] is None and sys.byteorder == "little"
-    # One list of parts joined once: the vectors are most of the body.
     if as_sent and _all_float32_bytes(vectors):
         return _base64_body(vectors, tokens, model)
+    # One list of parts joined once: the vectors are most of the body.
     parts = [b'{"object":"list","data":[']
     heads = item_heads(len(vectors))
     for i, raw in enumerate(vectors):

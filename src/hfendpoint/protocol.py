@@ -166,6 +166,7 @@ class WorkerProtocol(Protocol):
         self.transport.abortConnection()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._held = []
         self._receiver.disconnected(self, self._violation or reason)
         self._closed = True
         waiters, self._close_waiters = self._close_waiters, []
