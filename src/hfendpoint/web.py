@@ -26,18 +26,18 @@ DEFAULT_MAX_BODY_SIZE = 10 * 1024 * 1024
 
 _log = Logger()
 
-_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-
-
 #: A JSON string literal, quotes included, as L{dumps} writes it.
 encode_string = json.encoder.encode_basestring  # type: ignore[attr-defined]
 
 
 def dumps(value: Any) -> bytes:
     """
-    Compact JSON, as the OpenAI API sends it.
+    Compact JSON in UTF-8, as the OpenAI API sends it, by orjson (five to
+    fifteen times the json module's speed). Keys that are not strings (a
+    worker's map may have them) are written as strings, as json does; a
+    float that is not finite is written as null.
     """
-    return _encoder.encode(value).encode("utf-8")
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
 
 
 UTF8_BOM = b"\xef\xbb\xbf"
