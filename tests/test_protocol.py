@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from hfendpoint import protocol as protocol_module
+from hfendpoint import channel
 from hfendpoint.protocol import (
     FLUSH_EVERY,
     IMessageReceiver,
@@ -219,8 +219,8 @@ class HeldWritesTests(TestCase):
         ours.close()
         self.addCleanup(transport.abortConnection)
         sends = []
-        real = protocol_module.send
-        self.patch(protocol_module, "send", lambda t, data: (sends.append(data), real(t, data)))
+        real = channel.send
+        self.patch(channel, "send", lambda t, data: (sends.append(data), real(t, data)))
         return receiver.protocol, transport, theirs, sends
 
     async def test_writes_of_a_turn_leave_together_in_order(self):

@@ -13,11 +13,14 @@ take at once, and everything while the transport still holds bytes, goes
 through the transport as before, which keeps its flow control: a slow
 client still pauses a streaming response's producer. Anything but plain
 TCP (TLS, HTTP/2) takes Twisted's usual path.
+
+L{HeldWrites} is that holding and sending, for the channel and for the
+worker socket's protocol alike.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 from twisted.internet import tcp
 from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
@@ -36,6 +39,62 @@ BIG = 256 * 1024
 SEND_AT_ONCE = 64 * 1024
 
 
+class HeldWrites:
+    """
+    What is written to one transport during a reactor turn, held and sent
+    at the end of the turn (or when C{flush_now} is called) in one send,
+    straight to the socket while the transport holds nothing.
+    """
+
+    __slots__ = ("_transport", "_flusher", "_held")
+
+    def __init__(self, transport: tcp.Connection, flusher: TurnFlusher) -> None:
+        self._transport = transport
+        self._flusher = flusher
+        self._held: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._held:
+            self._flusher.add(self)
+        self._held.append(data)
+
+    def extend(self, parts: Iterable[bytes]) -> None:
+        if not self._held:
+            self._flusher.add(self)
+        self._held.extend(parts)
+
+    def size(self) -> int:
+        return sum(map(len, self._held))
+
+    def alone(self) -> bool:
+        """
+        Whether nothing else in the turn would join these writes
+        (L{TurnFlusher.alone}).
+        """
+        return self._flusher.alone(self)
+
+    def flush_now(self) -> None:
+        """
+        Send what is held.
+        """
+        held = self._held
+        if not held:
+            return
+        self._held = []
+        if len(held) == 1:
+            send(self._transport, held[0])
+        elif len(held) <= MAX_GATHER and sum(map(len, held)) >= BIG:
+            send_parts(self._transport, held)
+        else:
+            send(self._transport, b"".join(held))
+
+    def drop(self) -> None:
+        """
+        Forget what is held: the connection is gone.
+        """
+        self._held = []
+
+
 class GatewayChannel(HTTPChannel):
     """
     An L{HTTPChannel} that holds what its requests write during a turn and
@@ -49,12 +108,12 @@ class GatewayChannel(HTTPChannel):
     def __init__(self, flusher: TurnFlusher) -> None:
         super().__init__()
         self._flusher = flusher
-        self._held: list[bytes] = []
-        self._direct = False
+        self._writes: Optional[HeldWrites] = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self._direct = type(self.transport) is tcp.Server
+        if type(self.transport) is tcp.Server:
+            self._writes = HeldWrites(self.transport, self._flusher)
 
     _host: Any = None
 
@@ -65,24 +124,21 @@ class GatewayChannel(HTTPChannel):
         return self._host
 
     def write(self, data: bytes) -> None:
-        if not self._direct:
+        writes = self._writes
+        if writes is None:
             self.transport.write(data)
         elif data:
-            if not self._held:
-                self._flusher.add(self)
-            self._held.append(data)
+            writes.write(data)
 
     def writeSequence(self, iovec: Iterable[bytes]) -> None:
-        if not self._direct:
+        if self._writes is None:
             self.transport.writeSequence(iovec)
-            return
-        if not self._held:
-            self._flusher.add(self)
-        self._held.extend(iovec)
+        else:
+            self._writes.extend(iovec)
 
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
         # Twisted's writes the header block to the transport itself.
-        if not self._direct or not isinstance(headers, Headers):
+        if self._writes is None or not isinstance(headers, Headers):
             super().writeHeaders(version, code, reason, headers)
             return
         block = [version, b" ", code, b" ", reason, b"\r\n"]
@@ -90,22 +146,14 @@ class GatewayChannel(HTTPChannel):
             for value in values:
                 block.extend((name, b": ", value, b"\r\n"))
         block.append(b"\r\n")
-        self.writeSequence(block)
+        self._writes.extend(block)
 
     def flush_now(self) -> None:
         """
         Send what is held.
         """
-        held = self._held
-        if not held:
-            return
-        self._held = []
-        if len(held) == 1:
-            send(self.transport, held[0])
-        elif len(held) <= MAX_GATHER and sum(map(len, held)) >= BIG:
-            send_parts(self.transport, held)
-        else:
-            send(self.transport, b"".join(held))
+        if self._writes is not None:
+            self._writes.flush_now()
 
     def requestDone(self, request: Any) -> None:
         # A big response leaves as soon as it is whole rather than at the
@@ -114,8 +162,9 @@ class GatewayChannel(HTTPChannel):
         # next is written. Small ones still wait, so that under load the
         # requests that come back arrive together and are batched together.
         # And so does one that nothing else in the turn would join.
-        if self._flusher.alone(self) or sum(map(len, self._held)) >= SEND_AT_ONCE:
-            self.flush_now()
+        writes = self._writes
+        if writes is not None and (writes.alone() or writes.size() >= SEND_AT_ONCE):
+            writes.flush_now()
         super().requestDone(request)
 
     def loseConnection(self) -> None:
@@ -131,7 +180,8 @@ class GatewayChannel(HTTPChannel):
         super()._respondToBadRequestAndDisconnect()
 
     def connectionLost(self, reason: Any) -> None:
-        self._held = []
+        if self._writes is not None:
+            self._writes.drop()
         super().connectionLost(reason)
 
 

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface
 
-from .channel import send
+from .channel import HeldWrites
 from .turns import TurnFlusher
 
 DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024 * 1024
@@ -82,8 +82,7 @@ class WorkerProtocol(Protocol):
         self._violation: Failure | None = None
         self._closed = False
         self._close_waiters: list[Deferred] = []
-        self._held: list[bytes] = []
-        self._direct = False
+        self._writes: Optional[HeldWrites] = None
         self._fed = 0
 
     def connectionMade(self) -> None:
@@ -92,7 +91,8 @@ class WorkerProtocol(Protocol):
         # gets several tokens per write, and a large image costs 4 reads
         # instead of 64.
         self.transport.bufferSize = READ_SIZE
-        self._direct = self._flusher is not None and isinstance(self.transport, tcp.Connection)
+        if self._flusher is not None and isinstance(self.transport, tcp.Connection):
+            self._writes = HeldWrites(self.transport, self._flusher)
         self._receiver.connected(self)
 
     def send(self, message: dict) -> None:
@@ -102,21 +102,17 @@ class WorkerProtocol(Protocol):
         slow.
         """
         data = msgpack.packb(message, use_bin_type=True)
-        if not self._direct:
+        if self._writes is None:
             self.transport.write(data)
-            return
-        if not self._held:
-            self._flusher.add(self)
-        self._held.append(data)
+        else:
+            self._writes.write(data)
 
     def flush_now(self) -> None:
         """
         Send what is held.
         """
-        held = self._held
-        if held:
-            self._held = []
-            send(self.transport, held[0] if len(held) == 1 else b"".join(held))
+        if self._writes is not None:
+            self._writes.flush_now()
 
     def dataReceived(self, data: bytes) -> None:
         if self._violation is not None:
@@ -166,7 +162,8 @@ class WorkerProtocol(Protocol):
         self.transport.abortConnection()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self._held = []
+        if self._writes is not None:
+            self._writes.drop()
         self._receiver.disconnected(self, self._violation or reason)
         self._closed = True
         waiters, self._close_waiters = self._close_waiters, []
