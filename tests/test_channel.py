@@ -64,6 +64,36 @@ class TurnFlusherAloneTests(SynchronousTestCase):
         self.assertFalse(flusher.alone(first))
 
 
+class TurnFlusherAfterTests(SynchronousTestCase):
+    def test_at_the_end_of_the_turn_before_its_flush(self):
+        clock = Clock()
+        flusher = TurnFlusher(clock)
+        log = []
+
+        def later():
+            log.append("after")
+            flusher.add(Item(log, "written by it"))
+
+        flusher.add(Item(log, "a"))
+        flusher.after(later)
+        self.assertEqual(log, [])
+        clock.advance(0)
+        self.assertEqual(log, ["after", "a", "written by it"])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_early_flush_leaves_it_for_the_end_of_the_turn(self):
+        clock = Clock()
+        flusher = TurnFlusher(clock)
+        log = []
+        flusher.add(Item(log, "a"))
+        flusher.after(lambda: log.append("after"))
+        flusher.flush()
+        self.assertEqual(log, ["a"])
+        clock.advance(0)
+        self.assertEqual(log, ["a", "after"])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
 class TurnFlusherFlushTests(SynchronousTestCase):
     def test_flush_runs_what_was_added_and_the_turn_has_nothing_left(self):
         clock = Clock()

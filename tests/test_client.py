@@ -17,6 +17,7 @@ from hfendpoint.errors import OpenAIError
 from hfendpoint.interfaces import IWorkerClient
 from hfendpoint.protocol import IMessageReceiver, WorkerProtocol
 from hfendpoint.testing import FakeWorkerClient
+from hfendpoint.turns import TurnFlusher
 
 
 def sent(transport):
@@ -38,6 +39,43 @@ class Harness:
 
     def lose(self, reason=None):
         self.protocol.connectionLost(Failure(reason or ConnectionDone()))
+
+
+class EndOfTurnTests(SynchronousTestCase):
+    """
+    With a flusher, a call ended by a reply that is not the last one read
+    completes at the end of the turn; the last one read, at once.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        flusher = TurnFlusher(self.clock)
+        self.client = WorkerClient(self.clock, flusher=flusher)
+        self.protocol = WorkerProtocol(self.client, flusher=flusher)
+        self.protocol.makeConnection(StringTransport())
+
+    def read(self, *messages):
+        self.protocol.dataReceived(b"".join(msgpack.packb(m, use_bin_type=True) for m in messages))
+
+    def test_ended_mid_read_completes_at_the_end_of_the_turn(self):
+        first = self.client.call("a", {})
+        second = self.client.call("b", {})
+        self.read({"id": 1, "data": "one"}, {"id": 2, "data": "two"})
+        self.assertEqual(self.client.pending_count(), 0)
+        self.assertNoResult(first)
+        self.assertEqual(self.successResultOf(second), "two")
+        self.clock.advance(0)
+        self.assertEqual(self.successResultOf(first), "one")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_cancelled_before_the_end_of_the_turn(self):
+        first = self.client.call("a", {})
+        self.client.call("b", {})
+        self.read({"id": 1, "data": "one"}, {"id": 2, "data": "two"})
+        first.cancel()
+        self.failureResultOf(first, CancelledError)
+        self.clock.advance(0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
 class InterfaceTests(SynchronousTestCase):

@@ -22,6 +22,7 @@ from .pool import WorkerPool
 from .process import demo_worker_command
 from .protocol import DEFAULT_MAX_MESSAGE_SIZE
 from .supervisor import WorkerService
+from .turns import flusher_for
 from .web import DEFAULT_MAX_BODY_SIZE, GatewaySite
 
 DEFAULT_IMAGE_CAPACITY = 1024**3
@@ -93,6 +94,7 @@ class GatewayService(MultiService):
                 reply_timeout=reply_timeout,
                 first_reply_timeout=first_reply_timeout,
                 request_timeout=request_timeout,
+                flusher=flusher_for(reactor),
             )
             env = dict(worker_env or {})
             env["HFENDPOINT_WORKER_INDEX"] = str(index)

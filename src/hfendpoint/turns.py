@@ -1,12 +1,13 @@
 """
 Work done once at the end of the reactor's turn for everything that asked
 for it during the turn: the writes of event streams and HTTP channels,
-gathered so that each socket gets one send per turn.
+gathered so that each socket gets one send per turn, and then what can
+wait for them.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 from weakref import WeakKeyDictionary
 
 from twisted.internet.interfaces import IReactorTime
@@ -29,6 +30,7 @@ class TurnFlusher:
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
         self._pending: list[Any] = []
+        self._after: list[Any] = []
         self._call: Any = None
         self._running = False
 
@@ -48,6 +50,17 @@ class TurnFlusher:
         if self._call is None and not self._running:
             self._call = self._clock.callLater(0, self._run)
 
+    def after(self, function: Callable[[], object]) -> None:
+        """
+        Call C{function} at the end of this turn, just before what is held
+        is flushed, so that what it writes leaves with the rest. An early
+        L{flush} (in the middle of a long read) does not call it: work that
+        can wait does not delay the writes such a flush is for.
+        """
+        self._after.append(function)
+        if self._call is None and not self._running:
+            self._call = self._clock.callLater(0, self._run)
+
     def flush(self) -> None:
         """
         Flush now what was added so far, rather than at the end of the
@@ -56,21 +69,33 @@ class TurnFlusher:
         """
         if self._running or not self._pending:
             return
-        if self._call is not None:
+        if self._call is not None and not self._after:
             self._call.cancel()
-        self._run()
+            self._call = None
+        self._running = True
+        try:
+            self._flush_pending()
+        finally:
+            self._running = False
+
+    def _flush_pending(self) -> None:
+        while self._pending:
+            items, self._pending = self._pending, []
+            for item in items:
+                item.flush_now()
 
     def _run(self) -> None:
         self._call = None
         self._running = True
         try:
-            while self._pending:
-                items, self._pending = self._pending, []
-                for item in items:
-                    item.flush_now()
+            while self._after:
+                functions, self._after = self._after, []
+                for function in functions:
+                    function()
+            self._flush_pending()
         finally:
             self._running = False
-            if self._pending and self._call is None:
+            if (self._pending or self._after) and self._call is None:
                 self._call = self._clock.callLater(0, self._run)
 
 
