@@ -1,8 +1,8 @@
 """
 Work done once at the end of the reactor's turn for everything that asked
 for it during the turn: the writes of event streams and HTTP channels,
-gathered so that each socket gets one send per turn, and then what can
-wait for them.
+gathered so that each socket gets one send per turn, and the work that
+can wait for the end of the turn.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class TurnFlusher:
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
         self._pending: list[Any] = []
-        self._after: list[Any] = []
+        self._after: list[Callable[[], object]] = []
         self._call: Any = None
         self._running = False
 
