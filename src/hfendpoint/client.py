@@ -168,6 +168,7 @@ class WorkerClient:
         flusher: Optional[TurnFlusher] = None,
     ) -> None:
         self._reactor = reactor
+        self._seconds = reactor.seconds
         self._flusher = flusher
         self.reply_timeout = reply_timeout
         self.first_reply_timeout = first_reply_timeout
@@ -275,7 +276,7 @@ class WorkerClient:
         else:
             # The timer is not moved on every reply (a stream has thousands):
             # when it fires, it looks at the time of the last one.
-            call.last_reply = self._reactor.seconds()
+            call.last_reply = self._seconds()
 
     def _expired(self, ident: int) -> None:
         call = self._pending.get(ident)

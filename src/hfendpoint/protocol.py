@@ -147,8 +147,10 @@ class WorkerProtocol(Protocol):
             self._violate(f"the worker sent malformed MessagePack: {e}")
 
     def _dispatch(self, message: Any) -> None:
-        ident = message.get("id") if isinstance(message, dict) else None
-        if not isinstance(ident, int) or isinstance(ident, bool):
+        # MessagePack gives exact types: type() is enough, and leaves out
+        # true and false, which are ints to isinstance.
+        ident = message.get("id") if type(message) is dict else None
+        if type(ident) is not int:
             self._log.warn(
                 "Dropping a message from the worker that is not a reply: {message!r:.200}",
                 message=message,
