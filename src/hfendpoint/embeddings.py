@@ -237,7 +237,7 @@ async def create_embeddings(
     heads = item_heads(len(vectors))
     for i, raw in enumerate(vectors):
         if as_sent and type(raw) is bytes and not len(raw) % 4:
-            parts += (heads[i], b'"', b64encode(raw), b'"}')
+            parts += (quoted_heads(i + 1)[i], b64encode(raw), b'"}')
         else:
             parts += (heads[i], encode(shorten(to_floats(raw, i), request["dimensions"]), request["encoding"], i), b"}")
     parts.append(_tail(tokens, model))
