@@ -17,9 +17,12 @@ Modes (``spec["mode"]``):
   - ``msgpack_closed`` / ``msgpack_streams``: the same two shapes, spoken in
     MessagePack straight to a null worker this client spawns on a socket
     pair (HFENDPOINT_FD): the floor, without any gateway.
-  - ``latency``: concurrency 1 with blocking sockets, alternating request
-    by request between the targets (msgpack floor and HTTP servers), so
-    that a noisy machine disturbs every target alike.
+  - ``latency``: concurrency 1 with blocking sockets, alternating between
+    the targets (msgpack floor and HTTP servers) so that a noisy machine
+    disturbs every target alike: in blocks of ``block`` requests (each
+    target measured in its steady state, as one client sees it), or
+    request by request (``block`` 1: each target's caches cold, emptied by
+    the other targets in between).
 
 Everything is bounded: each mode has a duration or a timeout, and the
 worker this client spawns is killed when it ends.
@@ -726,14 +729,16 @@ def latency(spec: dict) -> dict:
             cpu0, t0 = cpu_self(), perf()
             deadline = t0 + spec["duration"]
             rounds = 0
+            block = spec.get("block", 1)
             while rounds < spec["count"] and perf() < deadline:
                 for name, function, args in calls:
-                    started = perf()
-                    status = function(*args)
-                    samples[name].append(perf() - started)
-                    if status != 200:
-                        errors[name] += 1
-                rounds += 1
+                    for _ in range(block):
+                        started = perf()
+                        status = function(*args)
+                        samples[name].append(perf() - started)
+                        if status != 200:
+                            errors[name] += 1
+                rounds += block
             wall = perf() - t0
             results[request["name"]] = {
                 "rounds": rounds,
