@@ -11,7 +11,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from hfendpoint import channel
-from hfendpoint.turns import TurnFlusher, flusher_for
+from hfendpoint.turns import AFTER_SLICE, TurnFlusher, flusher_for
 from hfendpoint.web import EventStream, GatewaySite
 
 
@@ -80,6 +80,44 @@ class TurnFlusherAfterTests(SynchronousTestCase):
         clock.advance(0)
         self.assertEqual(log, ["after", "a", "written by it"])
         self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_a_long_list_is_run_over_several_turns(self):
+        """
+        After-work runs for at most AFTER_SLICE seconds in one turn; what
+        is held is flushed then, and the rest runs in the next turns.
+        """
+        clock = Clock()
+        flusher = TurnFlusher(clock)
+        log = []
+
+        def slow(name):
+            def run():
+                log.append(name)
+                clock.rightNow += AFTER_SLICE / 2
+
+            return run
+
+        flusher.add(Item(log, "token"))
+        for name in ("end 1", "end 2", "end 3", "end 4", "end 5"):
+            flusher.after(slow(name))
+        clock.advance(0)
+        self.assertEqual(log, ["end 1", "end 2", "token", "end 3", "end 4", "end 5"])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_added_by_after_work_keeps_its_place(self):
+        clock = Clock()
+        flusher = TurnFlusher(clock)
+        log = []
+
+        def first():
+            log.append("first")
+            flusher.after(lambda: log.append("added by first"))
+            clock.rightNow += AFTER_SLICE
+
+        flusher.after(first)
+        flusher.after(lambda: log.append("second"))
+        clock.advance(0)
+        self.assertEqual(log, ["first", "second", "added by first"])
 
     def test_early_flush_leaves_it_for_the_end_of_the_turn(self):
         clock = Clock()

@@ -12,6 +12,14 @@ from weakref import WeakKeyDictionary
 
 from twisted.internet.interfaces import IReactorTime
 
+#: Seconds of after-work (L{TurnFlusher.after}) run in one turn at most;
+#: the rest waits for the next turns, so that the reactor reads what came
+#: in the meantime first. When a model's step ends a thousand streams at
+#: once, their ends (a final chunk, C{[DONE]}, the request's end, its log
+#: line) cost some 30 ms together, and the tokens of the streams still
+#: running, read behind them, should not wait for all of it.
+AFTER_SLICE = 0.002
+
 
 class TurnFlusher:
     """
@@ -53,9 +61,11 @@ class TurnFlusher:
     def after(self, function: Callable[[], object]) -> None:
         """
         Call C{function} at the end of this turn, just before what is held
-        is flushed, so that what it writes leaves with the rest. An early
-        L{flush} (in the middle of a long read) does not call it: work that
-        can wait does not delay the writes such a flush is for.
+        is flushed, so that what it writes leaves with the rest; or, when
+        the turn has more than L{AFTER_SLICE} of such work, at the end of
+        one of the next turns, in order. An early L{flush} (in the middle
+        of a long read) does not call it: work that can wait does not delay
+        the writes such a flush is for.
         """
         self._after.append(function)
         if self._call is None and not self._running:
@@ -88,15 +98,28 @@ class TurnFlusher:
         self._call = None
         self._running = True
         try:
-            while self._after:
-                functions, self._after = self._after, []
-                for function in functions:
-                    function()
+            self._run_after()
             self._flush_pending()
         finally:
             self._running = False
             if (self._pending or self._after) and self._call is None:
                 self._call = self._clock.callLater(0, self._run)
+
+
+    def _run_after(self) -> None:
+        """
+        Run the after-work for up to L{AFTER_SLICE} seconds; what is left
+        stays first in line for the next turn.
+        """
+        seconds = self._clock.seconds
+        deadline = seconds() + AFTER_SLICE
+        while self._after:
+            functions, self._after = self._after, []
+            for done, function in enumerate(functions, 1):
+                function()
+                if seconds() >= deadline:
+                    self._after[:0] = functions[done:]
+                    return
 
 
 _flushers: "WeakKeyDictionary[Any, TurnFlusher]" = WeakKeyDictionary()
