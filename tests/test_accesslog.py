@@ -4,12 +4,14 @@ The access log written to a stream once per reactor turn.
 
 import io
 
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.http import _XForwardedForAddress, combinedLogFormatter
 from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyRequest
 
-from hfendpoint.accesslog import AccessLog
+from hfendpoint.accesslog import AccessLog, combined_line
 from hfendpoint.web import GatewaySite
 
 
@@ -131,3 +133,65 @@ class SiteTests(SynchronousTestCase):
         self.assertEqual(formatted, [])
         clock.advance(0)
         self.assertEqual(stream.getvalue(), "200 at then\n")
+
+
+class CombinedLineTests(SynchronousTestCase):
+    """
+    L{combined_line} writes what Twisted's C{combinedLogFormatter} writes,
+    faster when nothing needs escaping.
+    """
+
+    def request(self, address, method=b"POST", uri=b"/v1/embeddings", referer=None, agent=None, length=12):
+        request = DummyRequest([b""])
+        request.client = address
+        request.method = method
+        request.uri = uri
+        request.clientproto = b"HTTP/1.1"
+        request.code = 200
+        request.sentLength = length
+        if referer is not None:
+            request.requestHeaders.setRawHeaders(b"referer", [referer])
+        if agent is not None:
+            request.requestHeaders.setRawHeaders(b"user-agent", [agent])
+        return request
+
+    def test_same_line_as_twisted(self):
+        addresses = [
+            IPv4Address("TCP", "127.0.0.1", 5000),
+            IPv6Address("TCP", "::1", 5000),
+            UNIXAddress(b"/run/hfendpoint.sock"),
+            _XForwardedForAddress("10.0.0.7"),
+            None,
+        ]
+        values = [
+            None,
+            b"OpenAI/Python 1.54.0",
+            b'say "hi"',
+            b"it's",
+            b"both ' and \"",
+            b"back\\slash",
+            b"\x00\x7f\xff\xe9t\xc3\xa9",
+            b"tab\there",
+            b"",
+        ]
+        requests = []
+        for address in addresses:
+            for value in values:
+                requests.append(self.request(address, referer=value, agent=value))
+                requests.append(self.request(address, uri=b"/v1/x?q=" + (value or b""), method=value or b"GET", length=0))
+        for request in requests:
+            self.assertEqual(
+                combined_line("[01/Dec/2026:17:00:00 +0000]", request),
+                combinedLogFormatter("[01/Dec/2026:17:00:00 +0000]", request),
+            )
+
+    def test_site_uses_it_unless_given_another(self):
+        stream = io.StringIO()
+        clock = Clock()
+        site = GatewaySite(Resource(), access_log=stream, reactor=clock)
+        site.startFactory()
+        self.addCleanup(site.stopFactory)
+        site._logFormatter = lambda timestamp, request: "custom"
+        site.log(self.request(IPv4Address("TCP", "127.0.0.1", 5000)))
+        clock.advance(0)
+        self.assertEqual(stream.getvalue(), "custom\n")

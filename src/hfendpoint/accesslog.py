@@ -14,7 +14,13 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional, TextIO, Union
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.web.http import _escape, _XForwardedForAddress
+
+#: The bytes that Twisted's log escaping leaves as they are.
+_PLAIN = bytes(range(0x20, 0x7F)).replace(b"\\", b"").replace(b'"', b"")
+_ADDRESSES = (IPv4Address, IPv6Address, _XForwardedForAddress)
 
 
 class AccessLog:
@@ -65,6 +71,34 @@ class AccessLog:
         Write what is held; the stream itself belongs to whoever gave it.
         """
         self.flush()
+
+
+def combined_line(timestamp: str, request: Any) -> str:
+    """
+    The line Twisted's C{combinedLogFormatter} writes for C{request}. Its
+    escaping (a C{repr} of each field and two replaces) was half the cost
+    of the line; a field with nothing to escape, nearly every one, is now
+    taken as it is.
+    """
+    address = request.getClientAddress()
+    ip = address.host if isinstance(address, _ADDRESSES) else "-"
+    return '"%s" - - %s "%s %s %s" %d %s "%s" "%s"' % (
+        _plain(ip.encode("ascii") if isinstance(ip, str) else ip),
+        timestamp,
+        _plain(request.method),
+        _plain(request.uri),
+        _plain(request.clientproto),
+        request.code,
+        request.sentLength or "-",
+        _plain(request.getHeader(b"referer") or b"-"),
+        _plain(request.getHeader(b"user-agent") or b"-"),
+    )
+
+
+def _plain(value: bytes) -> str:
+    if value.translate(None, _PLAIN):
+        return _escape(value)
+    return value.decode("ascii")
 
 
 def _text(entry: Union[str, tuple]) -> str:

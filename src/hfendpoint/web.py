@@ -14,10 +14,11 @@ from typing import Any, Optional, TextIO, Union
 import orjson
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
+from twisted.web.http import combinedLogFormatter
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
-from .accesslog import AccessLog, is_stream
+from .accesslog import AccessLog, combined_line, is_stream
 from .channel import channel_protocol
 from .errors import OpenAIError, invalid_request
 from .turns import flusher_for
@@ -370,6 +371,9 @@ class GatewaySite(Site):
             return
         log_file = self._logFile
         if isinstance(log_file, AccessLog):
-            log_file.add(self._logFormatter, self._logDateTime, request)
+            formatter = self._logFormatter
+            if formatter is combinedLogFormatter:
+                formatter = combined_line
+            log_file.add(formatter, self._logDateTime, request)
         else:
             super().log(request)
