@@ -19,6 +19,7 @@ from hfendpoint.protocol import (
     FLUSH_EVERY,
     IMessageReceiver,
     ProtocolViolation,
+    SEND_EVERY,
     WorkerProtocol,
     WorkerProtocolFactory,
 )
@@ -234,6 +235,27 @@ class HeldWritesTests(TestCase):
         unpacker = msgpack.Unpacker(raw=False)
         unpacker.feed(theirs.recv(65536))
         self.assertEqual(list(unpacker), messages)
+
+    async def test_many_in_a_turn_leave_without_waiting_for_its_end(self):
+        """
+        Every SEND_EVERY messages held are sent at once, the rest at the
+        end of the turn; all arrive, in order.
+        """
+        protocol, _, theirs, sends = self.connect()
+        count = 2 * SEND_EVERY + 3
+        messages = [{"id": i, "name": "chat_completions", "data": {}} for i in range(count)]
+        for message in messages:
+            protocol.send(message)
+        self.assertEqual(len(sends), 2)
+        await deferLater(reactor_of(), 0, lambda: None)
+        self.assertEqual(len(sends), 3)
+        unpacker = msgpack.Unpacker(raw=False)
+        theirs.settimeout(5)
+        received = []
+        while len(received) < count:
+            unpacker.feed(theirs.recv(65536))
+            received.extend(unpacker)
+        self.assertEqual(received, messages)
 
     async def test_closing_sends_what_is_held_first(self):
         from hfendpoint.process import WorkerProcess

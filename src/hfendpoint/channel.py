@@ -66,6 +66,12 @@ class HeldWrites:
     def size(self) -> int:
         return sum(map(len, self._held))
 
+    def held(self) -> int:
+        """
+        How many writes are held.
+        """
+        return len(self._held)
+
     def alone(self) -> bool:
         """
         Whether nothing else in the turn would join these writes

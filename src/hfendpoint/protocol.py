@@ -25,6 +25,9 @@ DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024 * 1024
 READ_SIZE = 1024 * 1024
 #: Replies handled between two flushes of what they wrote (see dataReceived).
 FLUSH_EVERY = 256
+#: Messages held for the worker before they are sent without waiting for
+#: the end of the turn (see send).
+SEND_EVERY = 32
 
 
 class ProtocolViolation(Exception):
@@ -102,10 +105,16 @@ class WorkerProtocol(Protocol):
         slow.
         """
         data = msgpack.packb(message, use_bin_type=True)
-        if self._writes is None:
+        writes = self._writes
+        if writes is None:
             self.transport.write(data)
-        else:
-            self._writes.write(data)
+            return
+        writes.write(data)
+        if writes.held() >= SEND_EVERY:
+            # A turn that reads a thousand requests at once (streams that
+            # all start together) is long: the worker starts on the first
+            # ones while the gateway reads the others.
+            writes.flush_now()
 
     def flush_now(self) -> None:
         """
