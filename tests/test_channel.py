@@ -3,6 +3,9 @@ The site's channel: responses sent straight to the socket once per turn,
 whole and in order, and through the transport whenever it holds bytes.
 """
 
+import select
+import socket
+
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.task import Clock
@@ -10,8 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from hfendpoint import channel
-from hfendpoint.turns import AFTER_SLICE, TurnFlusher, flusher_for
+from hfendpoint import channel, turns
+from hfendpoint.turns import AFTER_SLICE, TurnFlusher, flusher_for, wait_for_event
 from hfendpoint.web import EventStream, GatewaySite
 
 
@@ -130,6 +133,108 @@ class TurnFlusherAfterTests(SynchronousTestCase):
         clock.advance(0)
         self.assertEqual(log, ["a", "after"])
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class FakePoller:
+    def __init__(self, empty_polls):
+        self.empty_polls = empty_polls
+        self.polls = 0
+
+    def poll(self, timeout, maxevents):
+        self.polls += 1
+        if self.polls > self.empty_polls:
+            return [(3, select.EPOLLIN)]
+        return []
+
+
+class WaitForEventTests(SynchronousTestCase):
+    def test_an_event_ends_the_wait(self):
+        poller = FakePoller(empty_polls=3)
+        pauses = []
+        came = wait_for_event(poller, 1.0, now=lambda: 0.0, pause=lambda: pauses.append(1))
+        self.assertTrue(came)
+        self.assertEqual((poller.polls, len(pauses)), (4, 3))
+
+    def test_gives_up_at_the_deadline(self):
+        poller = FakePoller(empty_polls=1000)
+        times = iter([0.0, 0.1, 0.2, 0.3])
+        pauses = []
+        came = wait_for_event(poller, 0.25, now=lambda: next(times), pause=lambda: pauses.append(1))
+        self.assertFalse(came)
+        self.assertEqual((poller.polls, len(pauses)), (3, 2))
+
+    def test_a_real_epoll_event_is_left_for_the_reactor(self):
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        poller = select.epoll()
+        self.addCleanup(poller.close)
+        poller.register(ours.fileno(), select.EPOLLIN)
+        self.assertFalse(wait_for_event(poller, 0))
+        theirs.send(b"reply")
+        self.assertTrue(wait_for_event(poller, 60))
+        self.assertEqual(poller.poll(0), [(ours.fileno(), select.EPOLLIN)])
+
+
+class EpollClock(Clock):
+    def __init__(self):
+        super().__init__()
+        self._poller = select.epoll()
+
+
+class TurnFlusherExpectReplyTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = EpollClock()
+        self.addCleanup(self.clock._poller.close)
+        self.flusher = TurnFlusher(self.clock)
+        self.log = []
+        self.patch(turns, "wait_for_event", lambda poller, seconds: self.log.append(("wait", poller, seconds)))
+
+    def test_waits_once_the_writes_are_out(self):
+        self.flusher.add(Item(self.log, "a"))
+        self.flusher.expect_reply()
+        self.clock.advance(0)
+        self.assertEqual(self.log, ["a", ("wait", self.clock._poller, self.flusher.spin)])
+        self.clock.advance(0)
+        self.assertEqual(len(self.log), 2)
+
+    def test_not_without_a_lone_call(self):
+        self.flusher.add(Item(self.log, "a"))
+        self.clock.advance(0)
+        self.assertEqual(self.log, ["a"])
+
+    def test_not_when_off(self):
+        self.flusher.spin = 0
+        self.flusher.expect_reply()
+        self.clock.advance(0)
+        self.assertEqual(self.log, [])
+
+    def test_not_with_after_work_left(self):
+        def slow():
+            self.clock.rightNow += AFTER_SLICE
+
+        self.flusher.after(slow)
+        self.flusher.after(lambda: self.log.append("after"))
+        self.flusher.expect_reply()
+        self.clock.advance(0)
+        self.assertEqual(self.log, ["after"])
+
+    def test_set_by_the_service(self):
+        from twisted.internet.testing import MemoryReactorClock
+
+        from hfendpoint.service import GatewayService
+
+        reactor = MemoryReactorClock()
+        GatewayService(reactor, ["./worker"], busy_poll=0.00005)
+        self.assertEqual(flusher_for(reactor).spin, 0.00005)
+        GatewayService(reactor, ["./worker"], busy_poll=0)
+        self.assertEqual(flusher_for(reactor).spin, 0)
+
+    def test_not_on_another_reactor(self):
+        flusher = TurnFlusher(Clock())
+        flusher.expect_reply()
+        Clock.advance(flusher._clock, 0)
+        self.assertEqual(self.log, [])
 
 
 class TurnFlusherFlushTests(SynchronousTestCase):

@@ -43,6 +43,23 @@ class ParserTests(SynchronousTestCase):
         self.assertEqual(args.max_body_size, 10 * 1024**2)
         self.assertIsNone(args.worker)
 
+    def test_busy_poll(self):
+        self.assertEqual(build_parser().parse_args([]).busy_poll_us, 200)
+        self.assertEqual(build_parser().parse_args(["--busy-poll-us", "0"]).busy_poll_us, 0)
+
+    def test_twistd_options(self):
+        from twisted.python.usage import UsageError
+
+        from hfendpoint.tap import Options
+
+        options = Options()
+        options.parseOptions([])
+        self.assertEqual(options["busy-poll-us"], 200)
+        options = Options()
+        options.parseOptions(["--busy-poll-us", "50"])
+        self.assertEqual(options["busy-poll-us"], 50)
+        self.assertRaises(UsageError, Options().parseOptions, ["--busy-poll-us", "-1"])
+
     def test_access_log_switch(self):
         self.assertTrue(build_parser().parse_args([]).access_log)
         self.assertFalse(build_parser().parse_args(["--no-access-log"]).access_log)

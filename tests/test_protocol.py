@@ -207,13 +207,13 @@ class HeldWritesTests(TestCase):
     leaves in one send at the end of the turn.
     """
 
-    def connect(self):
+    def connect(self, receiver=None):
         from twisted.internet import reactor
 
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.addCleanup(theirs.close)
         ours.setblocking(False)
-        receiver = Recorder()
+        receiver = receiver or Recorder()
         transport = reactor.adoptStreamConnection(
             ours.fileno(), socket.AF_UNIX, WorkerProtocolFactory(receiver, flusher=flusher_for(reactor))
         )
@@ -222,7 +222,33 @@ class HeldWritesTests(TestCase):
         sends = []
         real = channel.send
         self.patch(channel, "send", lambda t, data: (sends.append(data), real(t, data)))
-        return receiver.protocol, transport, theirs, sends
+        return transport.protocol, transport, theirs, sends
+
+    async def test_a_lone_call_leaves_at_once_and_its_reply_is_awaited(self):
+        """
+        A call made while no other is in flight is sent at once, and the
+        turn ends waiting briefly for its reply; one made while another is
+        in flight waits for the end of the turn, as usual.
+        """
+        from hfendpoint import turns
+        from hfendpoint.client import WorkerClient
+
+        reactor = reactor_of()
+        waits = []
+        self.patch(turns, "wait_for_event", lambda poller, seconds: waits.append(seconds))
+        client = WorkerClient(reactor, flusher=flusher_for(reactor))
+        _, _, _, sends = self.connect(client)
+        calls = [client.request("chat_completions", {"n": 1}, lambda reply: True)]
+        self.assertEqual(len(sends), 1)
+        calls.append(client.request("chat_completions", {"n": 2}, lambda reply: True))
+        self.assertEqual(len(sends), 1)
+        await deferLater(reactor, 0, lambda: None)
+        self.assertEqual(len(sends), 2)
+        expected = [flusher_for(reactor).spin] if turns._epoll_of(reactor) is not None else []
+        self.assertEqual(waits, expected)
+        for call in calls:
+            call.addErrback(lambda f: None)
+            call.cancel()
 
     async def test_writes_of_a_turn_leave_together_in_order(self):
         protocol, _, theirs, sends = self.connect()

@@ -165,6 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
         "while the worker is busy (default: 16384; 0: no batching)",
     )
     parser.add_argument(
+        "--busy-poll-us",
+        type=_non_negative_int,
+        default=200,
+        metavar="MICROSECONDS",
+        help="after sending the worker a call while no other is in flight, poll for its reply "
+        "this long, awake, before sleeping (default: 200; 0: never)",
+    )
+    parser.add_argument(
         "--max-restarts",
         type=_non_negative_int,
         default=None,
@@ -232,6 +240,7 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
         max_restarts=args.max_restarts,
         workers=args.workers,
         batch_tokens=args.embeddings_batch_tokens,
+        busy_poll=args.busy_poll_us / 1e6,
         # Combined Log Format lines on stderr, beside the log, in one write
         # per reactor turn.
         access_log=sys.stderr if args.access_log else False,

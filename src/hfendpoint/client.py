@@ -244,7 +244,7 @@ class WorkerClient:
             call.deadline = self._reactor.seconds() + self.request_timeout
         self._pending[ident] = call
         try:
-            protocol.send({"id": ident, "name": name, "data": data})
+            protocol.send({"id": ident, "name": name, "data": data}, alone=len(self._pending) == 1)
         except (TypeError, ValueError, OverflowError) as e:
             self._finish(call)
             self._fail(call, invalid_request(f"The request cannot be sent to the worker: {e}"))

@@ -98,11 +98,15 @@ class WorkerProtocol(Protocol):
             self._writes = HeldWrites(self.transport, self._flusher)
         self._receiver.connected(self)
 
-    def send(self, message: dict) -> None:
+    def send(self, message: dict, alone: bool = False) -> None:
         """
         Write one message, at the end of the reactor's turn together with
         the others of the turn; the transport buffers it if the worker is
         slow.
+
+        @param alone: no other call is in flight: the message leaves at
+            once, and the turn ends waiting briefly, awake, for the reply
+            (L{TurnFlusher.expect_reply}).
         """
         data = msgpack.packb(message, use_bin_type=True)
         writes = self._writes
@@ -110,7 +114,10 @@ class WorkerProtocol(Protocol):
             self.transport.write(data)
             return
         writes.write(data)
-        if writes.held() >= SEND_EVERY:
+        if alone:
+            writes.flush_now()
+            self._flusher.expect_reply()
+        elif writes.held() >= SEND_EVERY:
             # A turn that reads a thousand requests at once (streams that
             # all start together) is long: the worker starts on the first
             # ones while the gateway reads the others.

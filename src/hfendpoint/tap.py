@@ -49,6 +49,7 @@ class Options(usage.Options):
         ["workers", None, 1, "Worker processes to run (HFENDPOINT_WORKER_INDEX tells each its index).", int],
         ["embeddings-batch-tokens", None, 16384, "Batch concurrent embeddings into calls of up to N tokens (0: off).", int],
         ["max-restarts", None, None, "Give up after N restarts in a row of a failing worker.", int],
+        ["busy-poll-us", None, 200, "Poll this long, awake, for the reply to a lone worker call (0: never).", int],
     ]
 
     def __init__(self) -> None:
@@ -66,7 +67,7 @@ class Options(usage.Options):
 
     _positive = ("reply-timeout", "first-reply-timeout", "request-timeout", "queue-timeout",
                  "idle-timeout", "max-concurrent-requests", "workers")
-    _non_negative = ("max-queued-requests", "drain-timeout", "max-restarts", "embeddings-batch-tokens")
+    _non_negative = ("max-queued-requests", "drain-timeout", "max-restarts", "embeddings-batch-tokens", "busy-poll-us")
 
     def postOptions(self) -> None:
         for name in self._positive:
@@ -114,6 +115,7 @@ def makeService(options: Options) -> Any:
         max_restarts=options["max-restarts"],
         workers=options["workers"],
         batch_tokens=options["embeddings-batch-tokens"],
+        busy_poll=options["busy-poll-us"] / 1e6,
         access_log=not options["no-access-log"],
     )
     gateway.stop_reactor_on_failure = True
