@@ -496,6 +496,35 @@ class FramingTests(SynchronousTestCase):
         self.assertEqual(first, msgpack.packb({"id": 1, "data": "a"}))
         self.assertEqual(rest, msgpack.packb({"id": 2, "data": "b"}))
 
+    def test_long_round_written_every_write_every_replies(self) -> None:
+        """
+        A round of thousands of replies (a model's step over thousands of
+        streams) is written WRITE_EVERY replies at a time, not only at its
+        end, so that the gateway reads the first while the rest are made.
+        """
+
+        async def scenario() -> tuple[bytes, bytes]:
+            ours, theirs = socket.socketpair()
+            ours.setblocking(False)
+            _, writer = await asyncio.open_unix_connection(sock=theirs)
+            connection = _sdk.Connection(writer, {})
+            count = 1 + _sdk.WRITE_EVERY + 3
+            for i in range(count):
+                await connection.send({"id": i, "data": "t"}, sender=object())
+            before_the_end = ours.recv(1 << 20)
+            await asyncio.sleep(0)
+            rest = ours.recv(1 << 20)
+            await connection.close()
+            ours.close()
+            return before_the_end, rest
+
+        before_the_end, rest = asyncio.run(asyncio.wait_for(scenario(), TIMEOUT))
+        every = _sdk.WRITE_EVERY
+        self.assertEqual(
+            before_the_end, b"".join(msgpack.packb({"id": i, "data": "t"}) for i in range(1 + every))
+        )
+        self.assertEqual(rest, b"".join(msgpack.packb({"id": i, "data": "t"}) for i in range(1 + every, 4 + every)))
+
     def test_streams_stepped_together_keep_their_order(self) -> None:
         """
         Streams that each send one reply per step of a shared clock (a

@@ -60,6 +60,8 @@ WRITE_PIECE = 256 * 1024
 #: A handler that sends this many replies in a row, with no other
 #: handler's in between, is made to yield to the event loop.
 YIELD_EVERY = 16
+#: Replies of one round of the event loop written together at most.
+WRITE_EVERY = 256
 
 Handler = Callable[..., Any]
 F = TypeVar("F", bound=Handler)
@@ -330,6 +332,8 @@ class Connection:
         """
         if self._round_open:
             self._outgoing.append(payload)
+            if len(self._outgoing) >= WRITE_EVERY:
+                self._write_outgoing()
             return
         self._round_open = True
         asyncio.get_running_loop().call_soon(self._end_round)
