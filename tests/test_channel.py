@@ -194,7 +194,7 @@ class TurnFlusherExpectReplyTests(SynchronousTestCase):
         self.flusher.add(Item(self.log, "a"))
         self.flusher.expect_reply()
         self.clock.advance(0)
-        self.assertEqual(self.log, ["a", ("wait", self.clock._poller, self.flusher.spin)])
+        self.assertEqual(self.log, ["a", ("wait", self.clock._poller, self.flusher.busy_poll)])
         self.clock.advance(0)
         self.assertEqual(len(self.log), 2)
 
@@ -204,7 +204,7 @@ class TurnFlusherExpectReplyTests(SynchronousTestCase):
         self.assertEqual(self.log, ["a"])
 
     def test_not_when_off(self):
-        self.flusher.spin = 0
+        self.flusher.busy_poll = 0
         self.flusher.expect_reply()
         self.clock.advance(0)
         self.assertEqual(self.log, [])
@@ -226,9 +226,9 @@ class TurnFlusherExpectReplyTests(SynchronousTestCase):
 
         reactor = MemoryReactorClock()
         GatewayService(reactor, ["./worker"], busy_poll=0.00005)
-        self.assertEqual(flusher_for(reactor).spin, 0.00005)
+        self.assertEqual(flusher_for(reactor).busy_poll, 0.00005)
         GatewayService(reactor, ["./worker"], busy_poll=0)
-        self.assertEqual(flusher_for(reactor).spin, 0)
+        self.assertEqual(flusher_for(reactor).busy_poll, 0)
 
     def test_not_on_another_reactor(self):
         flusher = TurnFlusher(Clock())

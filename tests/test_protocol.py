@@ -244,7 +244,7 @@ class HeldWritesTests(TestCase):
         self.assertEqual(len(sends), 1)
         await deferLater(reactor, 0, lambda: None)
         self.assertEqual(len(sends), 2)
-        expected = [flusher_for(reactor).spin] if turns._epoll_of(reactor) is not None else []
+        expected = [flusher_for(reactor).busy_poll] if turns._epoll_of(reactor) is not None else []
         self.assertEqual(waits, expected)
         for call in calls:
             call.addErrback(lambda f: None)

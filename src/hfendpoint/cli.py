@@ -18,6 +18,7 @@ from twisted.logger import Logger
 
 from . import __version__
 from .sizes import parse_size
+from .turns import DEFAULT_BUSY_POLL
 
 _log = Logger(namespace="hfendpoint")
 
@@ -167,10 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--busy-poll-us",
         type=_non_negative_int,
-        default=200,
+        default=round(DEFAULT_BUSY_POLL * 1e6),
         metavar="MICROSECONDS",
         help="after sending the worker a call while no other is in flight, poll for its reply "
-        "this long, awake, before sleeping (default: 200; 0: never)",
+        f"this long, awake, before sleeping (default: {round(DEFAULT_BUSY_POLL * 1e6)}; 0: never)",
     )
     parser.add_argument(
         "--max-restarts",

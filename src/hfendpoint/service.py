@@ -22,7 +22,7 @@ from .pool import WorkerPool
 from .process import demo_worker_command
 from .protocol import DEFAULT_MAX_MESSAGE_SIZE
 from .supervisor import WorkerService
-from .turns import DEFAULT_SPIN, flusher_for
+from .turns import DEFAULT_BUSY_POLL, flusher_for
 from .web import DEFAULT_MAX_BODY_SIZE, GatewaySite
 
 DEFAULT_IMAGE_CAPACITY = 1024**3
@@ -83,12 +83,12 @@ class GatewayService(MultiService):
         workers: int = 1,
         batch_tokens: int = 16384,
         access_log: Union[bool, TextIO] = True,
-        busy_poll: float = DEFAULT_SPIN,
+        busy_poll: float = DEFAULT_BUSY_POLL,
     ) -> None:
         super().__init__()
         self._reactor = reactor
         # One per reactor: the last service built on it sets it.
-        flusher_for(reactor).spin = busy_poll
+        flusher_for(reactor).busy_poll = busy_poll
         command = list(worker_command) if worker_command else demo_worker_command()
         members = []
         for index in range(workers):

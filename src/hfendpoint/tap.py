@@ -12,6 +12,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from .sizes import parse_size
+from .turns import DEFAULT_BUSY_POLL
 
 _log = Logger(namespace="hfendpoint")
 
@@ -49,7 +50,7 @@ class Options(usage.Options):
         ["workers", None, 1, "Worker processes to run (HFENDPOINT_WORKER_INDEX tells each its index).", int],
         ["embeddings-batch-tokens", None, 16384, "Batch concurrent embeddings into calls of up to N tokens (0: off).", int],
         ["max-restarts", None, None, "Give up after N restarts in a row of a failing worker.", int],
-        ["busy-poll-us", None, 200, "Poll this long, awake, for the reply to a lone worker call (0: never).", int],
+        ["busy-poll-us", None, round(DEFAULT_BUSY_POLL * 1e6), "Poll this long, awake, for the reply to a lone worker call (0: never).", int],
     ]
 
     def __init__(self) -> None:

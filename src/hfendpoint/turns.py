@@ -24,8 +24,8 @@ from twisted.internet.interfaces import IReactorTime
 AFTER_SLICE = 0.002
 
 #: Seconds the reactor polls, busy, for what comes next after a turn that
-#: sent a lone worker call, before it sleeps (see L{TurnFlusher.spin}).
-DEFAULT_SPIN = 0.0002
+#: sent a lone worker call, before it sleeps (see L{TurnFlusher.busy_poll}).
+DEFAULT_BUSY_POLL = 0.0002
 
 
 class TurnFlusher:
@@ -50,10 +50,11 @@ class TurnFlusher:
     #: reply cut the gateway's added latency by 15-25 us. Any event ends
     #: the wait (the reply, a new request), so it costs nothing under load;
     #: a slow worker costs this much CPU per lone call.
-    spin = DEFAULT_SPIN
+    busy_poll = DEFAULT_BUSY_POLL
 
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
+        self._poller = _epoll_of(clock)
         self._expecting = False
         self._pending: list[Any] = []
         self._after: list[Callable[[], object]] = []
@@ -92,7 +93,7 @@ class TurnFlusher:
     def expect_reply(self) -> None:
         """
         A call was sent while no other was in flight: once this turn's
-        writes are out, wait up to L{spin} seconds, awake, for the next
+        writes are out, wait up to L{busy_poll} seconds, awake, for the next
         event rather than sleep.
         """
         self._expecting = True
@@ -128,17 +129,20 @@ class TurnFlusher:
         try:
             self._run_after()
             self._flush_pending()
-            if self._expecting:
-                self._expecting = False
-                if not self._after and self.spin > 0:
-                    poller = _epoll_of(self._clock)
-                    if poller is not None:
-                        wait_for_event(poller, self.spin)
+            self._await_reply()
         finally:
             self._running = False
             if (self._pending or self._after) and self._call is None:
                 self._call = self._clock.callLater(0, self._run)
 
+    def _await_reply(self) -> None:
+        """
+        After a turn that sent a lone call (L{expect_reply}), poll for what
+        comes next, unless there is work left for the next turn.
+        """
+        expecting, self._expecting = self._expecting, False
+        if expecting and not self._after and self.busy_poll > 0 and self._poller is not None:
+            wait_for_event(self._poller, self.busy_poll)
 
     def _run_after(self) -> None:
         """
