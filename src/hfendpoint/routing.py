@@ -20,6 +20,10 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+#: One logger for the module: a Logger that is a class attribute makes a
+#: new Logger on every access through an instance, one per request here.
+_log = Logger()
+
 Handler = Callable[[Any], Awaitable[Optional[bytes]]]
 OnFailure = Callable[[Any, Failure], Optional[bytes]]
 
@@ -36,7 +40,6 @@ class ExactRoutes(Resource):
     """
 
     isLeaf = True
-    _log = Logger()
 
     def __init__(self, fallback: Any, routes: Mapping[bytes, Handler], on_failure: OnFailure) -> None:
         super().__init__()
@@ -50,7 +53,7 @@ class ExactRoutes(Resource):
             handler = self._routes.get(b"/" + b"/".join(request.postpath))
         if handler is None:
             return self._fallback.render(request)
-        _Exchange(request, handler, self._on_failure, self._log)
+        _Exchange(request, handler, self._on_failure)
         return NOT_DONE_YET
 
 
@@ -59,17 +62,16 @@ class _Exchange:
     One request served by a route handler, from its call to C{finish}.
     """
 
-    __slots__ = ("_request", "_on_failure", "_log", "_over", "_deferred")
+    __slots__ = ("_request", "_on_failure", "_over", "_deferred")
 
-    def __init__(self, request: Any, handler: Handler, on_failure: OnFailure, log: Logger) -> None:
+    def __init__(self, request: Any, handler: Handler, on_failure: OnFailure) -> None:
         self._request = request
         self._on_failure = on_failure
-        self._log = log
         self._over = False
         self._deferred: Deferred = ensureDeferred(handler(request))
         request.notifyFinish().addBoth(self._ended)
         self._deferred.addCallbacks(self._respond, self._failed)
-        self._deferred.addErrback(self._log.failure, "Could not write a response")
+        self._deferred.addErrback(_log.failure, "Could not write a response")
 
     def _ended(self, result: Any) -> None:
         self._over = True
@@ -86,6 +88,6 @@ class _Exchange:
     def _failed(self, failure: Failure) -> None:
         if self._over:
             if not failure.check(CancelledError):
-                self._log.failure("A request failed after its client left", failure)
+                _log.failure("A request failed after its client left", failure)
             return
         self._respond(self._on_failure(self._request, failure))
