@@ -198,6 +198,14 @@ class TurnFlusherExpectReplyTests(SynchronousTestCase):
         self.clock.advance(0)
         self.assertEqual(len(self.log), 2)
 
+    def test_an_early_flush_leaves_the_wait_for_the_end_of_the_turn(self):
+        self.flusher.expect_reply()
+        self.flusher.add(Item(self.log, "a"))
+        self.flusher.flush()
+        self.assertEqual(self.log, ["a"])
+        self.clock.advance(0)
+        self.assertEqual(self.log, ["a", ("wait", self.clock._poller, self.flusher.busy_poll)])
+
     def test_not_without_a_lone_call(self):
         self.flusher.add(Item(self.log, "a"))
         self.clock.advance(0)

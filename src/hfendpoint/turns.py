@@ -108,7 +108,8 @@ class TurnFlusher:
         """
         if self._running or not self._pending:
             return
-        if self._call is not None and not self._after:
+        if self._call is not None and not (self._after or self._expecting):
+            # Nothing else wants the end of the turn.
             self._call.cancel()
             self._call = None
         self._running = True
