@@ -7,7 +7,7 @@ side by side in one run.
 
 It starts, each in a process of its own:
 
-  - the gateway, ``python -m hfendpoint.cli --host 127.0.0.1 --port P
+  - the gateway, ``python -m hfendpoint --host 127.0.0.1 --port P
     bench/null_worker.py`` (which starts the null worker);
   - the ceilings, a bare twisted.web Resource and a bare Klein app
     (bench/bare_servers.py) replaying the gateway's own answers;
@@ -194,7 +194,7 @@ def start_gateway(logdir: str, name: str = "gateway") -> Server:
     env = dict(os.environ)
     # The worker's "#!/usr/bin/env python3" must find this interpreter.
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    argv = [sys.executable, "-m", "hfendpoint.cli", "--host", HOST, "--port", str(port), "bench/null_worker.py"]
+    argv = [sys.executable, "-m", "hfendpoint", "--host", HOST, "--port", str(port), "bench/null_worker.py"]
     server = Server(name, argv, port, os.path.join(logdir, f"{name}.log"), env)
     wait_ready(server, "/ready")
     workers = children_of(server.pid)

@@ -119,7 +119,7 @@ def main() -> int:
     args = parser.parse_args()
     port = free_port()
     gateway = subprocess.Popen(
-        [sys.executable, "-m", "hfendpoint.cli", "--host", HOST, "--port", str(port), "--no-access-log",
+        [sys.executable, "-m", "hfendpoint", "--host", HOST, "--port", str(port), "--no-access-log",
          sys.executable, os.path.join(HERE, "null_worker.py")],
         stderr=subprocess.DEVNULL,
     )

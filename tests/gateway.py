@@ -34,7 +34,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from hfendpoint.service import GatewayService
+from hfendpoint.service._service import GatewayService
 
 __all__ = [
     "PNG_SIGNATURE",
@@ -227,7 +227,7 @@ def decode_float32(text: str) -> list[float]:
 
 
 # The demo worker's documented behaviour, computed independently of its
-# code (see hfendpoint.demo's docstring), as the oracle for what comes back
+# code (see hfendpoint.workers.demo's docstring), as the oracle for what comes back
 # through the gateway.
 
 _DEMO_TOKEN = re.compile(r"\w+|[^\w\s]")

@@ -11,7 +11,7 @@ from twisted.web.http import _XForwardedForAddress, combinedLogFormatter
 from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyRequest
 
-from hfendpoint.accesslog import AccessLog, combined_line
+from hfendpoint.web._accesslog import AccessLog, combined_line
 from hfendpoint.web import GatewaySite
 
 

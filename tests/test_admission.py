@@ -11,7 +11,7 @@ from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 from twisted.trial.unittest import SynchronousTestCase
 
-from hfendpoint.admission import AdmissionResource
+from hfendpoint.web._admission import AdmissionResource
 
 from .openapi import validate
 

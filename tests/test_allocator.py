@@ -8,7 +8,7 @@ import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from hfendpoint import allocator
+from hfendpoint.service import _allocator as allocator
 
 
 class FakeLibc:
@@ -51,7 +51,7 @@ class TuneTests(SynchronousTestCase):
 # round that may map the memory for the first time.
 FAULTS = """
 import resource, sys
-from hfendpoint import allocator
+from hfendpoint.service import _allocator as allocator
 if sys.argv[1] == "tuned":
     assert allocator.tune({})
 def churn():

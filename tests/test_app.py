@@ -11,10 +11,10 @@ from array import array
 from treq.testing import StubTreq
 from twisted.trial.unittest import SynchronousTestCase
 
-from hfendpoint.app import GatewayApp
-from hfendpoint.client import WorkerInfo
+from hfendpoint.api._app import GatewayApp
+from hfendpoint.backend._client import WorkerInfo
 from hfendpoint.errors import worker_failed
-from hfendpoint.imagestore import MemoryImageStore
+from hfendpoint.api._imagestore import MemoryImageStore
 from hfendpoint.testing import FakeWorkerClient
 
 from .openapi import validate

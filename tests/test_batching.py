@@ -6,7 +6,7 @@ and concurrent callers share worker calls within the budget.
 from twisted.internet.defer import CancelledError
 from twisted.trial.unittest import SynchronousTestCase
 
-from hfendpoint.batching import EmbeddingBatcher
+from hfendpoint.backend._batching import EmbeddingBatcher
 from hfendpoint.errors import OpenAIError
 from hfendpoint.testing import FakeWorkerClient
 

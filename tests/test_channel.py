@@ -13,8 +13,10 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from hfendpoint import channel, turns
-from hfendpoint.turns import AFTER_SLICE, TurnFlusher, flusher_for, wait_for_event
+from hfendpoint.web import _channel as channel
+
+from hfendpoint.web import _coalescing as turns
+from hfendpoint.web._coalescing import AFTER_SLICE, TurnFlusher, flusher_for, wait_for_event
 from hfendpoint.web import EventStream, GatewaySite
 
 
@@ -230,7 +232,7 @@ class TurnFlusherExpectReplyTests(SynchronousTestCase):
     def test_set_by_the_service(self):
         from twisted.internet.testing import MemoryReactorClock
 
-        from hfendpoint.service import GatewayService
+        from hfendpoint.service._service import GatewayService
 
         reactor = MemoryReactorClock()
         GatewayService(reactor, ["./worker"], busy_poll=0.00005)

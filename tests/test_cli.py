@@ -10,15 +10,15 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from hfendpoint.cli import build_parser, listen_description
-from hfendpoint.sizes import parse_size
+from hfendpoint.service._cli import build_parser, listen_description
+from hfendpoint.service._sizes import parse_size
 
 from .gateway import write_worker
 
 
 def hfendpoint(*args):
     return getProcessOutputAndValue(
-        sys.executable, ["-m", "hfendpoint.cli", *args], env=dict(os.environ), reactor=reactor
+        sys.executable, ["-m", "hfendpoint", *args], env=dict(os.environ), reactor=reactor
     )
 
 
@@ -50,7 +50,7 @@ class ParserTests(SynchronousTestCase):
     def test_twistd_options(self):
         from twisted.python.usage import UsageError
 
-        from hfendpoint.tap import Options
+        from hfendpoint.service._tap import Options
 
         options = Options()
         options.parseOptions([])

@@ -12,12 +12,12 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from hfendpoint.client import CANCEL, WorkerClient, WorkerInfo
+from hfendpoint.backend._client import CANCEL, WorkerClient, WorkerInfo
 from hfendpoint.errors import OpenAIError
 from hfendpoint.interfaces import IWorkerClient
-from hfendpoint.protocol import IMessageReceiver, WorkerProtocol
+from hfendpoint.backend._protocol import IMessageReceiver, WorkerProtocol
 from hfendpoint.testing import FakeWorkerClient
-from hfendpoint.turns import TurnFlusher
+from hfendpoint.web._coalescing import TurnFlusher
 
 
 def sent(transport):

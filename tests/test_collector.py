@@ -6,7 +6,7 @@ import gc
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from hfendpoint import collector
+from hfendpoint.service import _collector as collector
 
 
 class Reactor:

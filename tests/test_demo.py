@@ -1,6 +1,6 @@
 """
-Tests for the demo worker, L{hfendpoint.demo}, talked to over its socket
-as the gateway talks to it (C{python -m hfendpoint.demo}).
+Tests for the demo worker, L{hfendpoint.workers.demo}, talked to over its socket
+as the gateway talks to it (C{python -m hfendpoint.workers.demo}).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def start_demo(
     testcase: SynchronousTestCase, env: Optional[dict[str, str]] = None
 ) -> WorkerProcess:
-    return WorkerProcess(testcase, ["-m", "hfendpoint.demo"], env)
+    return WorkerProcess(testcase, ["-m", "hfendpoint.workers.demo"], env)
 
 
 def expected_ids(*pieces: str) -> list[int]:

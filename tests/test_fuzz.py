@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from treq.testing import StubTreq
 from twisted.trial.unittest import SynchronousTestCase
 
-from hfendpoint.app import GatewayApp
-from hfendpoint.imagestore import MemoryImageStore
+from hfendpoint.api._app import GatewayApp
+from hfendpoint.api._imagestore import MemoryImageStore
 from hfendpoint.testing import FakeWorkerClient
 
 from .openapi import validate

@@ -25,8 +25,8 @@ from referencing.jsonschema import DRAFT202012
 from twisted.trial.unittest import SynchronousTestCase
 
 from hfendpoint import __version__
-from hfendpoint.app import GatewayApp
-from hfendpoint.openapi import at_most, document
+from hfendpoint.api._app import GatewayApp
+from hfendpoint.api._openapi import at_most, document
 
 from .test_app import AppHarness, Case, tokenize, tokens_chat
 

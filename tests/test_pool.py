@@ -13,11 +13,11 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
-from hfendpoint.client import WorkerClient
+from hfendpoint.backend._client import WorkerClient
 from hfendpoint.errors import OpenAIError
 from hfendpoint.interfaces import IWorkerClient
-from hfendpoint.pool import WorkerPool
-from hfendpoint.protocol import WorkerProtocol
+from hfendpoint.backend._pool import WorkerPool
+from hfendpoint.backend._protocol import WorkerProtocol
 
 from .gateway import http_client, start_gateway, write_worker
 from .test_reliability import LineWatcher

@@ -14,8 +14,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from hfendpoint import channel
-from hfendpoint.protocol import (
+from hfendpoint.web import _channel as channel
+from hfendpoint.backend._protocol import (
     FLUSH_EVERY,
     IMessageReceiver,
     ProtocolViolation,
@@ -23,7 +23,7 @@ from hfendpoint.protocol import (
     WorkerProtocol,
     WorkerProtocolFactory,
 )
-from hfendpoint.turns import flusher_for
+from hfendpoint.web._coalescing import flusher_for
 
 
 def reactor_of():
@@ -230,8 +230,8 @@ class HeldWritesTests(TestCase):
         turn ends waiting briefly for its reply; one made while another is
         in flight waits for the end of the turn, as usual.
         """
-        from hfendpoint import turns
-        from hfendpoint.client import WorkerClient
+        from hfendpoint.web import _coalescing as turns
+        from hfendpoint.backend._client import WorkerClient
 
         reactor = reactor_of()
         waits = []
@@ -284,7 +284,7 @@ class HeldWritesTests(TestCase):
         self.assertEqual(received, messages)
 
     async def test_closing_sends_what_is_held_first(self):
-        from hfendpoint.process import WorkerProcess
+        from hfendpoint.backend._process import WorkerProcess
 
         protocol, transport, theirs, sends = self.connect()
         protocol.send({"id": 1, "name": "embeddings", "data": {}})

@@ -8,7 +8,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
-from hfendpoint.routing import ExactRoutes
+from hfendpoint.web._routing import ExactRoutes
 
 
 class Fallback:

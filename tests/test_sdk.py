@@ -28,7 +28,7 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
 import hfendpoint
-from hfendpoint import _sdk
+from hfendpoint.library import _sdk as _sdk
 
 TIMEOUT = 10
 

@@ -92,7 +92,7 @@ class SigtermTests(TestCase):
     async def test_requests_in_flight_finish_then_exit_0(self):
         port = free_port()
         worker = write_worker(self, SLOW_WORKER)[0]
-        program, transport = start(self, ["-m", "hfendpoint.cli", "--host", "127.0.0.1", "--port", str(port), worker])
+        program, transport = start(self, ["-m", "hfendpoint", "--host", "127.0.0.1", "--port", str(port), worker])
         await program.wait_for(b"The worker is ready")
         await program.wait_for(b"Listening on")
         http = http_client(self)
@@ -112,7 +112,7 @@ class SigtermTests(TestCase):
         worker = write_worker(self, SLOW_WORKER)[0]
         program, transport = start(
             self,
-            ["-m", "hfendpoint.cli", "--host", "127.0.0.1", "--port", str(port), "--drain-timeout", "0.2", worker],
+            ["-m", "hfendpoint", "--host", "127.0.0.1", "--port", str(port), "--drain-timeout", "0.2", worker],
         )
         await program.wait_for(b"Listening on")
         await program.wait_for(b"The worker is ready")

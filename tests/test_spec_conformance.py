@@ -36,7 +36,7 @@ from typing import Any, Callable, Optional
 from twisted.trial.unittest import TestCase
 
 from hfendpoint.errors import OpenAIError, timed_out, worker_failed, worker_gone, worker_unavailable
-from hfendpoint.openapi import document
+from hfendpoint.api._openapi import document
 
 from .gateway import decode_float32, http_client, parse_sse, start_gateway, tiny_png
 from .openapi import request_schema, response_schema, validate

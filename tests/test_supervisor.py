@@ -11,9 +11,9 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from hfendpoint.client import DESCRIBE, WorkerClient
-from hfendpoint.protocol import WorkerProtocol
-from hfendpoint.supervisor import WorkerService, WorkerStartupError
+from hfendpoint.backend._client import DESCRIBE, WorkerClient
+from hfendpoint.backend._protocol import WorkerProtocol
+from hfendpoint.backend._supervisor import WorkerService, WorkerStartupError
 
 
 class FakeWorker:

@@ -22,7 +22,7 @@ msgpack, never Twisted, so a worker does not carry the gateway around. The
 gateway itself lives in submodules that are imported on demand.
 """
 
-from hfendpoint._sdk import Cancelled, WorkerError, handler, run
+from hfendpoint.library import Cancelled, WorkerError, handler, run
 
 __version__ = "0.4.0"
 

@@ -11,9 +11,9 @@ from twisted.internet.defer import Deferred, fail
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .client import WorkerInfo, single_reply
-from .errors import OpenAIError, worker_failed
-from .interfaces import IWorkerClient
+from hfendpoint.backend._client import WorkerInfo, single_reply
+from hfendpoint.errors import OpenAIError, worker_failed
+from hfendpoint.interfaces import IWorkerClient
 
 Handler = Callable[[Any], Optional[Iterable[Any]]]
 

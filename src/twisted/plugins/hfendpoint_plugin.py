@@ -7,7 +7,7 @@ from twisted.application.service import ServiceMaker
 
 hfendpoint = ServiceMaker(
     "hfendpoint",
-    "hfendpoint.tap",
+    "hfendpoint.service._tap",
     "Serve a model worker behind OpenAI-compatible HTTP endpoints.",
     "hfendpoint",
 )

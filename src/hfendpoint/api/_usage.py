@@ -8,7 +8,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from .errors import OpenAIError
+from hfendpoint.errors import OpenAIError
 
 _log = Logger()
 

@@ -13,17 +13,17 @@ from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
-from .admission import AdmissionResource
-from .app import GatewayApp
-from .batching import EmbeddingBatcher
-from .client import WorkerClient
-from .imagestore import MemoryImageStore
-from .pool import WorkerPool
-from .process import demo_worker_command
-from .protocol import DEFAULT_MAX_MESSAGE_SIZE
-from .supervisor import WorkerService
-from .turns import DEFAULT_BUSY_POLL, flusher_for
-from .web import DEFAULT_MAX_BODY_SIZE, GatewaySite
+from hfendpoint.web._admission import AdmissionResource
+from hfendpoint.api._app import GatewayApp
+from hfendpoint.backend._batching import EmbeddingBatcher
+from hfendpoint.backend._client import WorkerClient
+from hfendpoint.api._imagestore import MemoryImageStore
+from hfendpoint.backend._pool import WorkerPool
+from hfendpoint.backend._process import demo_worker_command
+from hfendpoint.backend._protocol import DEFAULT_MAX_MESSAGE_SIZE
+from hfendpoint.backend._supervisor import WorkerService
+from hfendpoint.web._coalescing import DEFAULT_BUSY_POLL, flusher_for
+from hfendpoint.web._site import DEFAULT_MAX_BODY_SIZE, GatewaySite
 
 DEFAULT_IMAGE_CAPACITY = 1024**3
 

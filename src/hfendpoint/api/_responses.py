@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from . import fields
-from .chat import Choice, new_id, prompt_text, run_choices, usage_for, validate_sampling
-from .errors import OpenAIError, invalid_request
-from .interfaces import IWorkerClient
+from hfendpoint.api import _fields as fields
+from hfendpoint.api._chat import Choice, new_id, prompt_text, run_choices, usage_for, validate_sampling
+from hfendpoint.errors import OpenAIError, invalid_request
+from hfendpoint.interfaces import IWorkerClient
 
 _TEXT_PARTS = ("input_text", "output_text", "text")
 

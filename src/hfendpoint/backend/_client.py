@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .errors import (
+from hfendpoint.errors import (
     OpenAIError,
     invalid_request,
     timed_out,
@@ -27,9 +27,9 @@ from .errors import (
     worker_gone,
     worker_unavailable,
 )
-from .interfaces import IWorkerClient
-from .protocol import IMessageReceiver, ProtocolViolation, WorkerProtocol
-from .turns import TurnFlusher
+from hfendpoint.interfaces import IWorkerClient
+from hfendpoint.backend._protocol import IMessageReceiver, ProtocolViolation, WorkerProtocol
+from hfendpoint.web._coalescing import TurnFlusher
 
 #: The call names of our protocol extensions (PROTOCOL.md, "Extending it").
 DESCRIBE = "hfendpoint.describe"

@@ -26,7 +26,7 @@ from twisted.internet import tcp
 from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
 from twisted.web.http_headers import Headers
 
-from .turns import TurnFlusher
+from hfendpoint.web._coalescing import TurnFlusher
 
 
 #: Held parts are sent with one C{sendmsg} rather than joined first when

@@ -17,11 +17,11 @@ from typing import Any, Callable, Optional
 
 from twisted.internet.defer import gatherResults
 
-from . import fields
-from .errors import OpenAIError, invalid_request, worker_failed
-from .interfaces import IWorkerClient
-from .usage import count_prompt_tokens, make_usage
-from .web import dumps, encode_string
+from hfendpoint.api import _fields as fields
+from hfendpoint.errors import OpenAIError, invalid_request, worker_failed
+from hfendpoint.interfaces import IWorkerClient
+from hfendpoint.api._usage import count_prompt_tokens, make_usage
+from hfendpoint.web._json import dumps, encode_string
 
 CALL = "chat_completions"
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")

@@ -16,7 +16,15 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from . import __version__, chat, completions, embeddings, images
+from hfendpoint import __version__
+
+from hfendpoint.api import _chat as chat
+
+from hfendpoint.api import _completions as completions
+
+from hfendpoint.api import _embeddings as embeddings
+
+from hfendpoint.api import _images as images
 
 Schema = dict[str, Any]
 

@@ -18,8 +18,8 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from .errors import OpenAIError
-from .web import send_error
+from hfendpoint.errors import OpenAIError
+from hfendpoint.web._json import send_error
 
 
 def too_many_requests(retry_after: int) -> OpenAIError:

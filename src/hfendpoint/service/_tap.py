@@ -11,8 +11,8 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.python import usage
 
-from .sizes import parse_size
-from .turns import DEFAULT_BUSY_POLL
+from hfendpoint.service._sizes import parse_size
+from hfendpoint.web._coalescing import DEFAULT_BUSY_POLL
 
 _log = Logger(namespace="hfendpoint")
 
@@ -79,7 +79,7 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{name} must not be negative")
         if not self["listen"]:
             self["listen"] = ["tcp:3000"]
-        from .process import WorkerNotFound, resolve_worker
+        from hfendpoint.backend._process import WorkerNotFound, resolve_worker
 
         if self["worker"] is None:
             if self["worker_args"]:
@@ -95,8 +95,10 @@ class Options(usage.Options):
 def makeService(options: Options) -> Any:
     from twisted.internet import reactor
 
-    from . import allocator, collector
-    from .service import GatewayService
+    from hfendpoint.service import _allocator as allocator
+
+    from hfendpoint.service import _collector as collector
+    from hfendpoint.service._service import GatewayService
 
     gateway = GatewayService(
         reactor,

@@ -10,10 +10,10 @@ from typing import Any, Callable, Optional
 
 from pybase64 import b64encode
 
-from . import fields
-from .errors import invalid_request, worker_failed
-from .interfaces import IImageStore, IWorkerClient
-from .web import dumps
+from hfendpoint.api import _fields as fields
+from hfendpoint.errors import invalid_request, worker_failed
+from hfendpoint.interfaces import IImageStore, IWorkerClient
+from hfendpoint.web._json import dumps
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_N = 10

@@ -13,7 +13,7 @@ the gateway rather than the worker:
   - C{images_generations} and C{images_editions} paint gradients as PNGs.
 
 It is written on the worker library like any other worker (v0.3 style), and
-doubles as an example of one. Run it as C{python -m hfendpoint.demo};
+doubles as an example of one. Run it as C{python -m hfendpoint.workers.demo};
 C{HFENDPOINT_DEMO_DIM} sets the embedding dimension (384 by default).
 """
 
@@ -358,7 +358,7 @@ async def images_editions(data: dict[str, Any]) -> AsyncIterator[dict[str, Any]]
 def main() -> None:
     logging.basicConfig(format="%(name)s %(levelname)s: %(message)s", level=logging.INFO)
     model = os.environ.get("HFENDPOINT_MODEL_NAME") or MODEL
-    logging.getLogger("hfendpoint.demo").info("Demo worker serving model %s", model)
+    logging.getLogger("hfendpoint.workers.demo").info("Demo worker serving model %s", model)
     asyncio.run(hfendpoint.run(model=model))
 
 

@@ -18,8 +18,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface
 
-from .channel import HeldWrites
-from .turns import TurnFlusher
+from hfendpoint.web._channel import HeldWrites
+from hfendpoint.web._coalescing import TurnFlusher
 
 DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024 * 1024
 READ_SIZE = 1024 * 1024

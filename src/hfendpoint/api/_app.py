@@ -15,12 +15,24 @@ from twisted.logger import Logger
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from zope.interface.verify import verifyObject
 
-from . import chat, completions, embeddings, images, openapi, responses
-from .batching import EmbeddingBatcher
-from .errors import OpenAIError, not_found
-from .interfaces import IImageStore, IWorkerClient
-from .routing import ExactRoutes
-from .web import EventStream, parse_form, parse_json_body, send_error, send_json, set_length, write_parts
+from hfendpoint.api import _chat as chat
+
+from hfendpoint.api import _completions as completions
+
+from hfendpoint.api import _embeddings as embeddings
+
+from hfendpoint.api import _images as images
+
+from hfendpoint.api import _openapi as openapi
+
+from hfendpoint.api import _responses as responses
+from hfendpoint.backend._batching import EmbeddingBatcher
+from hfendpoint.errors import OpenAIError, not_found
+from hfendpoint.interfaces import IImageStore, IWorkerClient
+from hfendpoint.web._routing import ExactRoutes
+from hfendpoint.web._json import parse_json_body, send_error, send_json, set_length, write_parts
+from hfendpoint.web._multipart import parse_form
+from hfendpoint.web._sse import EventStream
 
 DEFAULT_MODEL_NAME = "hfendpoint"
 

@@ -10,7 +10,7 @@ from typing import Optional
 
 from zope.interface import implementer
 
-from .interfaces import IImageStore
+from hfendpoint.interfaces import IImageStore
 
 
 @implementer(IImageStore)

@@ -17,8 +17,8 @@ from typing import Any, Optional
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from .errors import worker_failed
-from .interfaces import IWorkerClient
+from hfendpoint.errors import worker_failed
+from hfendpoint.interfaces import IWorkerClient
 
 
 class _Waiter:

@@ -25,8 +25,8 @@ from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred, FirstError, gatherResults
 
-from . import fields
-from .chat import (
+from hfendpoint.api import _fields as fields
+from hfendpoint.api._chat import (
     Choice,
     finish_reason_of,
     new_id,
@@ -37,9 +37,9 @@ from .chat import (
     validate_stop,
     validate_stream_options,
 )
-from .errors import OpenAIError, invalid_request
-from .interfaces import IWorkerClient
-from .usage import make_usage
+from hfendpoint.errors import OpenAIError, invalid_request
+from hfendpoint.interfaces import IWorkerClient
+from hfendpoint.api._usage import make_usage
 
 #: What the API does without C{max_tokens}.
 DEFAULT_MAX_TOKENS = 16

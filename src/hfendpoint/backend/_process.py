@@ -25,8 +25,8 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .protocol import DEFAULT_MAX_MESSAGE_SIZE, WorkerProtocolFactory
-from .turns import flusher_for
+from hfendpoint.backend._protocol import DEFAULT_MAX_MESSAGE_SIZE, WorkerProtocolFactory
+from hfendpoint.web._coalescing import flusher_for
 
 SOCKET_BUFFER_SIZE = 1024 * 1024
 WORKER_FD = 3
@@ -47,7 +47,7 @@ def demo_worker_command() -> list[str]:
     """
     The built-in demo worker, served when no worker is given.
     """
-    return [sys.executable, "-m", "hfendpoint.demo"]
+    return [sys.executable, "-m", "hfendpoint.workers.demo"]
 
 
 def resolve_worker(argv: Sequence[str]) -> list[str]:

@@ -16,9 +16,9 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .errors import OpenAIError
-from .client import DESCRIBE, PROTOCOL_VERSION, WorkerClient, WorkerInfo
-from .process import WorkerProcess, spawn_worker
+from hfendpoint.errors import OpenAIError
+from hfendpoint.backend._client import DESCRIBE, PROTOCOL_VERSION, WorkerClient, WorkerInfo
+from hfendpoint.backend._process import WorkerProcess, spawn_worker
 
 Spawner = Callable[..., WorkerProcess]
 

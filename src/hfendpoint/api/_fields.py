@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Optional
 
-from .errors import invalid_request
+from hfendpoint.errors import invalid_request
 
 _TYPE_NAMES = {
     str: "a string",

@@ -10,10 +10,10 @@ from typing import Any, Sequence
 from twisted.internet.defer import Deferred, fail
 from zope.interface import implementer
 
-from .client import WorkerClient, WorkerInfo
-from .errors import worker_unavailable
-from .interfaces import IWorkerClient
-from .supervisor import WorkerService
+from hfendpoint.backend._client import WorkerClient, WorkerInfo
+from hfendpoint.errors import worker_unavailable
+from hfendpoint.interfaces import IWorkerClient
+from hfendpoint.backend._supervisor import WorkerService
 
 
 @implementer(IWorkerClient)

@@ -20,11 +20,11 @@ from typing import Any, Iterable, Optional
 import orjson
 from pybase64 import b64encode
 
-from . import fields
-from .batching import EmbeddingBatcher
-from .errors import invalid_request, worker_failed
-from .interfaces import IWorkerClient
-from .web import dumps
+from hfendpoint.api import _fields as fields
+from hfendpoint.backend._batching import EmbeddingBatcher
+from hfendpoint.errors import invalid_request, worker_failed
+from hfendpoint.interfaces import IWorkerClient
+from hfendpoint.web._json import dumps
 
 MAX_INPUTS = 2048
 MAX_TOKEN_ID = 2**32 - 1

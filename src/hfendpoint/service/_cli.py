@@ -16,9 +16,9 @@ from typing import Optional, Sequence
 
 from twisted.logger import Logger
 
-from . import __version__
-from .sizes import parse_size
-from .turns import DEFAULT_BUSY_POLL
+from hfendpoint import __version__
+from hfendpoint.service._sizes import parse_size
+from hfendpoint.web._coalescing import DEFAULT_BUSY_POLL
 
 _log = Logger(namespace="hfendpoint")
 
@@ -202,7 +202,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error(f"invalid port {args.port}")
-    from .process import WorkerNotFound, demo_worker_command, resolve_worker
+    from hfendpoint.backend._process import WorkerNotFound, demo_worker_command, resolve_worker
 
     if args.worker is None:
         command = demo_worker_command()
@@ -219,8 +219,10 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
-    from . import allocator, collector
-    from .service import GatewayService
+    from hfendpoint.service import _allocator as allocator
+
+    from hfendpoint.service import _collector as collector
+    from hfendpoint.service._service import GatewayService
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     gateway = GatewayService(

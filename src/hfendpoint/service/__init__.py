@@ -1,0 +1,9 @@
+"""
+The gateway assembled: L{GatewayService} for twistd, for the
+C{hfendpoint} command and for any Twisted application that embeds it.
+"""
+
+from hfendpoint.service._cli import console_script, main
+from hfendpoint.service._service import GatewayService
+
+__all__ = ["GatewayService", "console_script", "main"]
