@@ -34,7 +34,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from hfendpoint.service._service import GatewayService
+from hfendpoint.service import GatewayConfig, GatewayService
 
 __all__ = [
     "PNG_SIGNATURE",
@@ -80,7 +80,7 @@ def start_gateway(
     # A short stop timeout: a test worker that ignores EOF still gets
     # TERM soon, and a test never hangs on a stuck worker.
     kwargs.setdefault("stop_timeout", 5.0)
-    gateway = GatewayService(reactor, worker_command, **kwargs)
+    gateway = GatewayService(reactor, GatewayConfig(worker_command=worker_command, **kwargs))
     gateway.startService()
     testCase.addCleanup(gateway.stopService)
     yield gateway.whenListening()

@@ -229,17 +229,6 @@ class TurnFlusherExpectReplyTests(SynchronousTestCase):
         self.clock.advance(0)
         self.assertEqual(self.log, ["after"])
 
-    def test_set_by_the_service(self):
-        from twisted.internet.testing import MemoryReactorClock
-
-        from hfendpoint.service._service import GatewayService
-
-        reactor = MemoryReactorClock()
-        GatewayService(reactor, ["./worker"], busy_poll=0.00005)
-        self.assertEqual(flusher_for(reactor).busy_poll, 0.00005)
-        GatewayService(reactor, ["./worker"], busy_poll=0)
-        self.assertEqual(flusher_for(reactor).busy_poll, 0)
-
     def test_not_on_another_reactor(self):
         flusher = TurnFlusher(Clock())
         flusher.expect_reply()

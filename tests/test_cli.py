@@ -10,7 +10,9 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from hfendpoint.service._cli import build_parser, listen_description
+from hfendpoint.service import GatewayConfig
+from hfendpoint.service._cli import build_parser, listen_description, listen_descriptions
+from hfendpoint.service._options import OPTIONS, build_config, worker_command
 from hfendpoint.service._sizes import parse_size
 
 from .gateway import write_worker
@@ -38,27 +40,83 @@ class SizeTests(SynchronousTestCase):
 class ParserTests(SynchronousTestCase):
     def test_defaults(self):
         args = build_parser().parse_args([])
-        self.assertEqual((args.host, args.port), ("0.0.0.0", 3000))
+        self.assertEqual(listen_descriptions(args), ["tcp:3000:interface=0.0.0.0"])
         self.assertEqual(args.max_image_capacity, 1024**3)
         self.assertEqual(args.max_body_size, 10 * 1024**2)
         self.assertIsNone(args.worker)
 
-    def test_busy_poll(self):
-        self.assertEqual(build_parser().parse_args([]).busy_poll_us, 200)
-        self.assertEqual(build_parser().parse_args(["--busy-poll-us", "0"]).busy_poll_us, 0)
+    def test_listen(self):
+        """
+        C{--listen} takes any endpoint description, repeatable; C{--host}
+        and C{--port} add theirs only when given.
+        """
+        parse = build_parser().parse_args
+        args = parse(["--listen", "unix:/tmp/gw.sock", "--listen", "tcp:8080"])
+        self.assertEqual(listen_descriptions(args), ["unix:/tmp/gw.sock", "tcp:8080"])
+        args = parse(["--listen", "unix:/tmp/gw.sock", "--port", "8000"])
+        self.assertEqual(
+            listen_descriptions(args), ["unix:/tmp/gw.sock", "tcp:8000:interface=0.0.0.0"]
+        )
+        args = parse(["--host", "127.0.0.1"])
+        self.assertEqual(listen_descriptions(args), ["tcp:3000:interface=127.0.0.1"])
 
     def test_twistd_options(self):
-        from twisted.python.usage import UsageError
-
         from hfendpoint.service._tap import Options
 
         options = Options()
         options.parseOptions([])
-        self.assertEqual(options["busy-poll-us"], 200)
+        self.assertEqual(options["config"], GatewayConfig(access_log=True))
         options = Options()
-        options.parseOptions(["--busy-poll-us", "50"])
-        self.assertEqual(options["busy-poll-us"], 50)
-        self.assertRaises(UsageError, Options().parseOptions, ["--busy-poll-us", "-1"])
+        options.parseOptions(["--listen", "tcp:8000", "--max-body-size", "1M", "--workers", "2"])
+        self.assertEqual(
+            options["config"],
+            GatewayConfig(listen=["tcp:8000"], max_body_size=1024**2, workers=2),
+        )
+
+    def test_both_parsers_one_table(self):
+        """
+        Every option of the table is in both parsers, with the
+        configuration's default, and both refuse the same bad values.
+        """
+        from twisted.python.usage import UsageError
+
+        from hfendpoint.service._tap import Options
+
+        args = build_parser().parse_args([])
+        options = Options()
+        options.parseOptions([])
+        defaults = GatewayConfig()
+        for option in OPTIONS:
+            self.assertEqual(getattr(args, option.field), getattr(defaults, option.field))
+            self.assertEqual(options[option.name], getattr(defaults, option.field))
+        bad = {"workers": "0", "reply-timeout": "-1", "max-body-size": "1.5M", "max-queued-requests": "-1"}
+        for name, value in bad.items():
+            self.assertRaises(UsageError, Options().parseOptions, [f"--{name}", value])
+            with self.assertRaises(SystemExit):
+                build_parser().parse_args([f"--{name}", value])
+
+    def test_same_config_from_both(self):
+        from hfendpoint.service._tap import Options
+
+        argv = ["--max-restarts", "3", "--idle-timeout", "5", "--embeddings-batch-tokens", "0"]
+        args = build_parser().parse_args(argv + ["--listen", "tcp:1"])
+        from_cli = build_config(vars(args), None, listen_descriptions(args), True)
+        options = Options()
+        options.parseOptions(argv + ["--listen", "tcp:1"])
+        self.assertEqual(from_cli, options["config"])
+        self.assertEqual((from_cli.max_restarts, from_cli.idle_timeout, from_cli.batch_tokens), (3, 5.0, 0))
+
+    def test_python_is_the_gateways_own(self):
+        """
+        A worker command starting with C{python} runs with the gateway's
+        own interpreter, whatever comes first on the PATH.
+        """
+        self.assertEqual(
+            worker_command(["python", "-m", "hfendpoint.workers.demo"]),
+            [sys.executable, "-m", "hfendpoint.workers.demo"],
+        )
+        self.assertEqual(worker_command(["python3", "-V"]), [sys.executable, "-V"])
+        self.assertIsNone(worker_command([]))
 
     def test_access_log_switch(self):
         self.assertTrue(build_parser().parse_args([]).access_log)

@@ -4,6 +4,7 @@ C{hfendpoint} command and for any Twisted application that embeds it.
 """
 
 from hfendpoint.service._cli import console_script, main
+from hfendpoint.service._config import GatewayConfig
 from hfendpoint.service._service import GatewayService
 
-__all__ = ["GatewayService", "console_script", "main"]
+__all__ = ["GatewayConfig", "GatewayService", "console_script", "main"]

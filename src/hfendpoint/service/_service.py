@@ -5,7 +5,7 @@ line, and for any Twisted application that wants to embed it.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, TextIO, Union
+from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
@@ -20,12 +20,10 @@ from hfendpoint.backend._client import WorkerClient
 from hfendpoint.api._imagestore import MemoryImageStore
 from hfendpoint.backend._pool import WorkerPool
 from hfendpoint.backend._process import demo_worker_command
-from hfendpoint.backend._protocol import DEFAULT_MAX_MESSAGE_SIZE
 from hfendpoint.backend._supervisor import WorkerService
-from hfendpoint.web._coalescing import DEFAULT_BUSY_POLL, flusher_for
-from hfendpoint.web._site import DEFAULT_MAX_BODY_SIZE, GatewaySite
-
-DEFAULT_IMAGE_CAPACITY = 1024**3
+from hfendpoint.service._config import GatewayConfig
+from hfendpoint.web._coalescing import flusher_for
+from hfendpoint.web._site import GatewaySite
 
 
 class GatewayService(MultiService):
@@ -35,7 +33,8 @@ class GatewayService(MultiService):
 
     Usage from another application::
 
-        gateway = GatewayService(reactor, ["./worker"], listen=["tcp:3000"])
+        config = GatewayConfig(worker_command=["./worker"], listen=["tcp:3000"])
+        gateway = GatewayService(reactor, config)
         gateway.setServiceParent(application)
 
     C{stopService} stops listening, closes the worker's socket, lets the
@@ -58,77 +57,27 @@ class GatewayService(MultiService):
     _log = Logger(namespace="hfendpoint")
     stop_reactor_on_failure = False
 
-    def __init__(
-        self,
-        reactor: Any,
-        worker_command: Optional[Sequence[str]] = None,
-        *,
-        listen: Sequence[str] = ("tcp:3000",),
-        max_body_size: int = DEFAULT_MAX_BODY_SIZE,
-        max_image_capacity: int = DEFAULT_IMAGE_CAPACITY,
-        model_name: Optional[str] = None,
-        reply_timeout: float = 300.0,
-        first_reply_timeout: Optional[float] = None,
-        request_timeout: Optional[float] = None,
-        max_in_flight: int = 4096,
-        max_waiting: int = 1024,
-        queue_timeout: float = 60.0,
-        drain_timeout: float = 30.0,
-        idle_timeout: float = 75.0,
-        startup_grace: float = 2.0,
-        stop_timeout: float = 10.0,
-        max_restarts: Optional[int] = None,
-        worker_env: Optional[dict[str, str]] = None,
-        max_worker_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-        workers: int = 1,
-        batch_tokens: int = 16384,
-        access_log: Union[bool, TextIO] = True,
-        busy_poll: float = DEFAULT_BUSY_POLL,
-    ) -> None:
+    def __init__(self, reactor: Any, config: GatewayConfig = GatewayConfig()) -> None:
         super().__init__()
         self._reactor = reactor
-        # One per reactor: the last service built on it sets it.
-        flusher_for(reactor).busy_poll = busy_poll
-        command = list(worker_command) if worker_command else demo_worker_command()
-        members = []
-        for index in range(workers):
-            client = WorkerClient(
-                reactor,
-                reply_timeout=reply_timeout,
-                first_reply_timeout=first_reply_timeout,
-                request_timeout=request_timeout,
-                flusher=flusher_for(reactor),
-            )
-            env = dict(worker_env or {})
-            env["HFENDPOINT_WORKER_INDEX"] = str(index)
-            env["HFENDPOINT_WORKERS"] = str(workers)
-            service = WorkerService(
-                reactor,
-                command,
-                client,
-                env=env,
-                max_message_size=max_worker_message_size,
-                startup_grace=startup_grace,
-                stop_timeout=stop_timeout,
-                max_restarts=max_restarts,
-            )
-            service.setServiceParent(self)
-            members.append((service, client))
+        self.config = config
+        members = self._start_workers(reactor, config)
+        workers = config.workers
         self.workers = [service for service, _ in members]
         self.worker = self.workers[0]
         self.client = members[0][1] if workers == 1 else WorkerPool(members)
-        self.drain_timeout = drain_timeout
-        self.store = MemoryImageStore(max_image_capacity)
+        self.drain_timeout = config.drain_timeout
+        self.store = MemoryImageStore(config.max_image_capacity)
         batcher = EmbeddingBatcher(
             self.client,
-            max_tokens=batch_tokens or 1,
+            max_tokens=config.batch_tokens or 1,
             # Without batching, every call goes at once.
-            max_concurrent=workers if batch_tokens else 2**31,
+            max_concurrent=workers if config.batch_tokens else 2**31,
         )
         self.api = GatewayApp(
             self.client,
             self.store,
-            model_name=model_name,
+            model_name=config.model_name,
             is_ready=lambda: any(w.ready for w in self.workers),
             not_ready_reason=lambda: " ".join(w.describe() for w in self.workers),
             batcher=batcher,
@@ -136,23 +85,55 @@ class GatewayService(MultiService):
         self.admission = AdmissionResource(
             reactor,
             self.api.resource(),
-            max_in_flight=max_in_flight,
-            max_waiting=max_waiting,
-            queue_timeout=queue_timeout,
+            max_in_flight=config.max_in_flight,
+            max_waiting=config.max_waiting,
+            queue_timeout=config.queue_timeout,
         )
         self.site = GatewaySite(
             self.admission,
-            max_body_size=max_body_size,
-            access_log=access_log,
-            timeout=idle_timeout,
+            max_body_size=config.max_body_size,
+            access_log=config.access_log,
+            timeout=config.idle_timeout,
             reactor=reactor,
         )
         self._failure_waiters: list[Deferred] = []
         self._listeners = []
-        for description in listen:
+        for description in config.listen:
             listener = _RecordingEndpointService(serverFromString(reactor, description), self.site)
             listener.setServiceParent(self)
             self._listeners.append(listener)
+
+    def _start_workers(self, reactor: Any, config: GatewayConfig) -> list[tuple[WorkerService, WorkerClient]]:
+        """
+        One supervised worker process and its client per C{config.workers},
+        each told its index.
+        """
+        command = list(config.worker_command or demo_worker_command())
+        members = []
+        for index in range(config.workers):
+            client = WorkerClient(
+                reactor,
+                reply_timeout=config.reply_timeout,
+                first_reply_timeout=config.first_reply_timeout,
+                request_timeout=config.request_timeout,
+                flusher=flusher_for(reactor),
+            )
+            env = dict(config.worker_env)
+            env["HFENDPOINT_WORKER_INDEX"] = str(index)
+            env["HFENDPOINT_WORKERS"] = str(config.workers)
+            service = WorkerService(
+                reactor,
+                command,
+                client,
+                env=env,
+                max_message_size=config.max_worker_message_size,
+                startup_grace=config.startup_grace,
+                stop_timeout=config.stop_timeout,
+                max_restarts=config.max_restarts,
+            )
+            service.setServiceParent(self)
+            members.append((service, client))
+        return members
 
     def startService(self) -> None:
         super().startService()

@@ -23,3 +23,13 @@ def parse_size(text: str) -> int:
     if size <= 0:
         raise ValueError(f"invalid size {text!r}: it must be positive")
     return size
+
+
+def format_size(size: int) -> str:
+    """
+    C{size} as L{parse_size} reads it, in the largest unit that divides it.
+    """
+    for unit in ("G", "M", "K"):
+        if size % _UNITS[unit] == 0:
+            return f"{size // _UNITS[unit]}{unit}"
+    return str(size)

@@ -1,0 +1,67 @@
+"""
+Everything that configures a gateway, in one immutable object: the
+C{hfendpoint} command and the twistd plugin build it from their options
+(one table, L{hfendpoint.service._options}), and an application embedding
+L{GatewayService} builds it directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence, TextIO, Union
+
+import attrs
+
+#: The defaults, for the option table's help texts and the config alike.
+DEFAULT_LISTEN = ("tcp:3000",)
+DEFAULT_MAX_BODY_SIZE = 10 * 1024 * 1024
+DEFAULT_IMAGE_CAPACITY = 1024**3
+DEFAULT_MAX_WORKER_MESSAGE_SIZE = 256 * 1024 * 1024
+
+
+def _tuple(value: Optional[Sequence[str]]) -> Optional[tuple[str, ...]]:
+    return None if value is None else tuple(value)
+
+
+@attrs.frozen(kw_only=True)
+class GatewayConfig:
+    """
+    How one gateway serves: where it listens, which worker it runs, and
+    the limits and timeouts it keeps.
+
+    @ivar worker_command: the worker's argv; C{None} serves the built-in
+        demo worker.
+    @ivar listen: Twisted endpoint descriptions to serve HTTP on
+        (C{tcp:3000}, C{unix:/run/hfendpoint.sock}, C{ssl:443:...}).
+    @ivar access_log: C{True} for Twisted's access log through the global
+        log, C{False} for none, or a text stream to write Combined Log
+        Format lines to directly.
+    """
+
+    worker_command: Optional[tuple[str, ...]] = attrs.field(default=None, converter=_tuple)
+    listen: tuple[str, ...] = attrs.field(default=DEFAULT_LISTEN, converter=tuple)
+    model_name: Optional[str] = None
+    workers: int = 1
+    worker_env: Mapping[str, str] = attrs.field(factory=dict)
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE
+    max_image_capacity: int = DEFAULT_IMAGE_CAPACITY
+    max_worker_message_size: int = DEFAULT_MAX_WORKER_MESSAGE_SIZE
+    reply_timeout: float = 300.0
+    first_reply_timeout: Optional[float] = None
+    request_timeout: Optional[float] = None
+    max_in_flight: int = 4096
+    max_waiting: int = 1024
+    queue_timeout: float = 60.0
+    drain_timeout: float = 30.0
+    idle_timeout: float = 75.0
+    startup_grace: float = 2.0
+    stop_timeout: float = 10.0
+    max_restarts: Optional[int] = None
+    batch_tokens: int = 16384
+    access_log: Union[bool, TextIO] = True
+
+    def replace(self, **changes: Any) -> "GatewayConfig":
+        """
+        A copy with C{changes}, for a test or an application that starts
+        from the defaults.
+        """
+        return attrs.evolve(self, **changes)
