@@ -87,8 +87,13 @@ class ParserTests(SynchronousTestCase):
         options.parseOptions([])
         defaults = GatewayConfig()
         for option in OPTIONS:
-            self.assertEqual(getattr(args, option.field), getattr(defaults, option.field))
-            self.assertEqual(options[option.name], getattr(defaults, option.field))
+            expected = getattr(defaults, option.field)
+            if option.repeatable:
+                self.assertEqual(tuple(getattr(args, option.field)), expected)
+                self.assertEqual(tuple(options[option.name]), expected)
+            else:
+                self.assertEqual(getattr(args, option.field), expected)
+                self.assertEqual(options[option.name], expected)
         bad = {"workers": "0", "reply-timeout": "-1", "max-body-size": "1.5M", "max-queued-requests": "-1"}
         for name, value in bad.items():
             self.assertRaises(UsageError, Options().parseOptions, [f"--{name}", value])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from twisted.logger import Logger
 
@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
             "--" + option.name,
             dest=option.field,
             type=_argparse_type(option.parse),
-            default=option.default,
+            default=list(option.default) if option.repeatable else option.default,
+            action="append" if option.repeatable else "store",
             metavar=option.metavar,
             help=option.describe(),
         )
@@ -128,10 +129,24 @@ def run(config: GatewayConfig) -> int:
         gateway.whenReady().addCallbacks(lambda _: _log.info("The worker is ready"), lambda f: None)
 
     reactor.addSystemEventTrigger("before", "shutdown", gateway.stopService)
+    reload_keys_on_hangup(reactor, gateway)
     reactor.callWhenRunning(start)
     tune_process(reactor)
     reactor.run()
     return outcome["code"]
+
+
+def reload_keys_on_hangup(reactor: Any, gateway: Any) -> None:
+    """
+    Read the API key file again on SIGHUP, as daemons re-read their
+    configuration; only the gateway's own entry points do this, since a
+    signal handler belongs to the whole process.
+    """
+    import signal
+
+    if gateway.api_keys.path is None or not hasattr(signal, "SIGHUP"):
+        return
+    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(gateway.reload_api_keys))
 
 
 def _log_listening(ports: list) -> None:

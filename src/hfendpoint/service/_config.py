@@ -32,6 +32,12 @@ class GatewayConfig:
         demo worker.
     @ivar listen: Twisted endpoint descriptions to serve HTTP on
         (C{tcp:3000}, C{unix:/run/hfendpoint.sock}, C{ssl:443:...}).
+    @ivar api_keys: the keys clients must present; with none (and no
+        C{api_key_file}), the gateway is open to whoever reaches it.
+    @ivar api_key_file: a file of keys, one per line, read again on
+        L{GatewayService.reload_api_keys}.
+    @ivar cors_origins: the web origins allowed to call the gateway from
+        a browser, C{*} for any.
     @ivar access_log: C{True} for Twisted's access log through the global
         log, C{False} for none, or a text stream to write Combined Log
         Format lines to directly.
@@ -58,6 +64,9 @@ class GatewayConfig:
     max_restarts: Optional[int] = None
     batch_tokens: int = 16384
     access_log: Union[bool, TextIO] = True
+    api_keys: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    api_key_file: Optional[str] = None
+    cors_origins: tuple[str, ...] = attrs.field(default=(), converter=tuple)
 
     def replace(self, **changes: Any) -> "GatewayConfig":
         """

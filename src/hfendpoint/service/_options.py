@@ -6,6 +6,7 @@ from L{OPTIONS}, and both end in the same L{GatewayConfig}.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -75,6 +76,7 @@ class Option:
     help: str
     metavar: str = "N"
     show: Callable[[Any], str] = str
+    repeatable: bool = False
 
     @property
     def default(self) -> Any:
@@ -82,7 +84,7 @@ class Option:
 
     def describe(self) -> str:
         default = self.default
-        if default is None:
+        if default is None or self.repeatable:
             return self.help
         return f"{self.help} (default: {self.show(default)})"
 
@@ -105,8 +107,14 @@ OPTIONS = (
     Option("drain-timeout", "drain_timeout", non_negative_float, "on SIGTERM/SIGINT, how long requests in flight may finish", "SECONDS", _seconds),
     Option("idle-timeout", "idle_timeout", positive_float, "close client connections idle (or sending nothing) for this long", "SECONDS", _seconds),
     Option("embeddings-batch-tokens", "batch_tokens", non_negative_int, "batch concurrent embeddings requests into worker calls of up to N tokens while the worker is busy (0: no batching)"),
+    Option("api-key", "api_keys", str, "a key clients must send (Authorization: Bearer KEY or X-Api-Key); repeatable; also HFENDPOINT_API_KEY (default: none, the gateway is open)", "KEY", repeatable=True),
+    Option("api-key-file", "api_key_file", str, "a file of keys, one per line, read again on SIGHUP", "FILE"),
+    Option("cors-origin", "cors_origins", str, "a web origin allowed to call the gateway from a browser (https://app.example.com, or * for any); repeatable", "ORIGIN", repeatable=True),
     Option("max-restarts", "max_restarts", non_negative_int, "give up and exit after N restarts of a failing worker in a row (default: restart forever, with a growing delay; 0: exit when the worker exits)"),
 )
+
+#: The environment variable holding one more API key.
+API_KEY_VARIABLE = "HFENDPOINT_API_KEY"
 
 LISTEN_HELP = (
     "where to serve HTTP, as a Twisted endpoint description (tcp:3000, "
@@ -145,6 +153,9 @@ def build_config(
     field) describe.
     """
     fields = {option.field: values[option.field] for option in OPTIONS}
+    from_environment = os.environ.get(API_KEY_VARIABLE)
+    if from_environment:
+        fields["api_keys"] = (*fields["api_keys"], from_environment)
     return GatewayConfig(
         worker_command=command,
         listen=listen,

@@ -22,7 +22,10 @@ from hfendpoint.backend._pool import WorkerPool
 from hfendpoint.backend._process import demo_worker_command
 from hfendpoint.backend._supervisor import WorkerService
 from hfendpoint.service._config import GatewayConfig
+from hfendpoint.web._auth import ApiKeys, KeyedResource
 from hfendpoint.web._coalescing import flusher_for
+from hfendpoint.web._cors import CrossSiteResource
+from hfendpoint.web._request_id import RequestIdResource
 from hfendpoint.web._site import GatewaySite
 
 
@@ -89,8 +92,11 @@ class GatewayService(MultiService):
             max_waiting=config.max_waiting,
             queue_timeout=config.queue_timeout,
         )
+        self.api_keys = ApiKeys(config.api_keys, config.api_key_file)
         self.site = GatewaySite(
-            self.admission,
+            RequestIdResource(
+                CrossSiteResource(KeyedResource(self.admission, self.api_keys), config.cors_origins)
+            ),
             max_body_size=config.max_body_size,
             access_log=config.access_log,
             timeout=config.idle_timeout,
@@ -135,8 +141,25 @@ class GatewayService(MultiService):
             members.append((service, client))
         return members
 
+    def reload_api_keys(self) -> None:
+        """
+        Read the API key file again (the command does on SIGHUP); if it
+        cannot be read, the keys read before stay.
+        """
+        try:
+            self.api_keys.reload()
+        except OSError as e:
+            self._log.error("Keeping the API keys: cannot read {path}: {error}", path=self.api_keys.path, error=e)
+        else:
+            self._log.info("API keys read again from {path}", path=self.api_keys.path)
+
     def startService(self) -> None:
         super().startService()
+        if not self.api_keys:
+            self._log.warn(
+                "No API key is configured: anyone who can reach the gateway can use it "
+                "(see --api-key)"
+            )
         self.whenListening().addErrback(
             lambda f: self._failed(f"cannot listen: {getattr(f.value, 'subFailure', f).value}")
         )

@@ -23,6 +23,10 @@ def _coerce(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return coerce
 
 
+def _option(name: str) -> Any:
+    return next(option for option in OPTIONS if option.name == name)
+
+
 class Options(usage.Options):
     synopsis = "[options] [-- worker arguments...]"
     longdesc = (
@@ -39,16 +43,29 @@ class Options(usage.Options):
     ] + [
         [option.name, None, option.default, option.describe(), _coerce(option.parse)]
         for option in OPTIONS
+        if not option.repeatable
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        for option in OPTIONS:
+            if option.repeatable:
+                self[option.name] = list(option.default)
 
     def opt_listen(self, description: str) -> None:
         self["listen"].append(description)
 
     opt_listen.__doc__ = LISTEN_HELP
+
+    def opt_api_key(self, key: str) -> None:
+        self["api-key"].append(key)
+
+    def opt_cors_origin(self, origin: str) -> None:
+        self["cors-origin"].append(origin)
+
+    opt_api_key.__doc__ = _option("api-key").describe()
+    opt_cors_origin.__doc__ = _option("cors-origin").describe()
 
     def parseArgs(self, *worker_args: str) -> None:
         self["worker_args"] = list(worker_args)
@@ -73,10 +90,12 @@ class Options(usage.Options):
 def makeService(options: Options) -> Any:
     from twisted.internet import reactor
 
+    from hfendpoint.service._cli import reload_keys_on_hangup
     from hfendpoint.service._service import GatewayService
     from hfendpoint.service._tuning import tune_process
 
     gateway = GatewayService(reactor, options["config"])
     gateway.stop_reactor_on_failure = True
+    reload_keys_on_hangup(reactor, gateway)
     tune_process(reactor)
     return gateway
