@@ -112,7 +112,9 @@ class GatewayTests(TestCase):
     """
 
     skip = SKIP
-    timeout = 120
+    # Generous: a worker imports sentence-transformers and loads the model
+    # first, which is slow on a busy machine.
+    timeout = 300
 
     async def setUp(self) -> None:
         command = [
