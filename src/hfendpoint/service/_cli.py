@@ -18,7 +18,7 @@ from twisted.logger import Logger
 
 from hfendpoint import __version__
 from hfendpoint.service._config import GatewayConfig
-from hfendpoint.service._options import LISTEN_HELP, OPTIONS, build_config, worker_command
+from hfendpoint.service._options import FLAGS, LISTEN_HELP, OPTIONS, build_config, worker_command
 
 _log = Logger(namespace="hfendpoint")
 
@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
             metavar=option.metavar,
             help=option.describe(),
         )
+    for flag in FLAGS:
+        parser.add_argument("--" + flag.name, dest=flag.field, action="store_false", help=flag.help)
     parser.add_argument(
         "--no-access-log",
         dest="access_log",

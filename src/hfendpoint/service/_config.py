@@ -38,6 +38,10 @@ class GatewayConfig:
         L{GatewayService.reload_api_keys}.
     @ivar cors_origins: the web origins allowed to call the gateway from
         a browser, C{*} for any.
+    @ivar metrics: whether to keep Prometheus metrics and serve them at
+        C{/metrics}.
+    @ivar metrics_listen: endpoint descriptions serving only C{/metrics},
+        without API keys, for a scraper on a private network.
     @ivar access_log: C{True} for Twisted's access log through the global
         log, C{False} for none, or a text stream to write Combined Log
         Format lines to directly.
@@ -67,6 +71,8 @@ class GatewayConfig:
     api_keys: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     api_key_file: Optional[str] = None
     cors_origins: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    metrics: bool = True
+    metrics_listen: tuple[str, ...] = attrs.field(default=(), converter=tuple)
 
     def replace(self, **changes: Any) -> "GatewayConfig":
         """

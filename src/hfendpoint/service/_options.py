@@ -110,8 +110,22 @@ OPTIONS = (
     Option("api-key", "api_keys", str, "a key clients must send (Authorization: Bearer KEY or X-Api-Key); repeatable; also HFENDPOINT_API_KEY (default: none, the gateway is open)", "KEY", repeatable=True),
     Option("api-key-file", "api_key_file", str, "a file of keys, one per line, read again on SIGHUP", "FILE"),
     Option("cors-origin", "cors_origins", str, "a web origin allowed to call the gateway from a browser (https://app.example.com, or * for any); repeatable", "ORIGIN", repeatable=True),
+    Option("metrics-listen", "metrics_listen", str, "also serve /metrics, alone and without API keys, on this Twisted endpoint (tcp:9100:interface=10.0.0.5); repeatable", "DESCRIPTION", repeatable=True),
     Option("max-restarts", "max_restarts", non_negative_int, "give up and exit after N restarts of a failing worker in a row (default: restart forever, with a growing delay; 0: exit when the worker exits)"),
 )
+
+@attrs.frozen
+class Flag:
+    """
+    A switch of both parsers that turns a L{GatewayConfig} field off.
+    """
+
+    name: str
+    field: str
+    help: str
+
+
+FLAGS = (Flag("no-metrics", "metrics", "do not keep Prometheus metrics nor serve /metrics"),)
 
 #: The environment variable holding one more API key.
 API_KEY_VARIABLE = "HFENDPOINT_API_KEY"
@@ -153,6 +167,7 @@ def build_config(
     field) describe.
     """
     fields = {option.field: values[option.field] for option in OPTIONS}
+    fields.update((flag.field, values[flag.field]) for flag in FLAGS)
     from_environment = os.environ.get(API_KEY_VARIABLE)
     if from_environment:
         fields["api_keys"] = (*fields["api_keys"], from_environment)

@@ -12,6 +12,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
+from twisted.web.server import Site
 
 from hfendpoint.web._admission import AdmissionResource
 from hfendpoint.api._app import GatewayApp
@@ -22,7 +23,9 @@ from hfendpoint.backend._pool import WorkerPool
 from hfendpoint.backend._process import demo_worker_command
 from hfendpoint.backend._supervisor import WorkerService
 from hfendpoint.service._config import GatewayConfig
+from hfendpoint.service._metrics import GatewayMetrics
 from hfendpoint.web._auth import ApiKeys, KeyedResource
+from hfendpoint.web._metrics import MeasuredResource, MetricsResource
 from hfendpoint.web._coalescing import flusher_for
 from hfendpoint.web._cors import CrossSiteResource
 from hfendpoint.web._request_id import RequestIdResource
@@ -93,10 +96,9 @@ class GatewayService(MultiService):
             queue_timeout=config.queue_timeout,
         )
         self.api_keys = ApiKeys(config.api_keys, config.api_key_file)
+        self.metrics = GatewayMetrics(self) if config.metrics else None
         self.site = GatewaySite(
-            RequestIdResource(
-                CrossSiteResource(KeyedResource(self.admission, self.api_keys), config.cors_origins)
-            ),
+            self._resource(config),
             max_body_size=config.max_body_size,
             access_log=config.access_log,
             timeout=config.idle_timeout,
@@ -105,9 +107,32 @@ class GatewayService(MultiService):
         self._failure_waiters: list[Deferred] = []
         self._listeners = []
         for description in config.listen:
-            listener = _RecordingEndpointService(serverFromString(reactor, description), self.site)
-            listener.setServiceParent(self)
-            self._listeners.append(listener)
+            self._listen(description, self.site)
+        if self.metrics is not None:
+            metrics_site = Site(MetricsResource(self.metrics.registry), reactor=reactor)
+            metrics_site.noisy = False
+            for description in config.metrics_listen:
+                self._listen(description, metrics_site)
+
+    def _listen(self, description: str, site: Any) -> None:
+        listener = _RecordingEndpointService(serverFromString(self._reactor, description), site)
+        listener.setServiceParent(self)
+        self._listeners.append(listener)
+
+    def _resource(self, config: GatewayConfig) -> Any:
+        """
+        The resources every request passes through, outermost first: its
+        id, its metrics, cross-site checks, its API key, C{/metrics}, then
+        admission control and the API.
+        """
+        resource = self.admission
+        if self.metrics is not None:
+            resource = MetricsResource(self.metrics.registry, resource)
+        resource = KeyedResource(resource, self.api_keys)
+        resource = CrossSiteResource(resource, config.cors_origins)
+        if self.metrics is not None:
+            resource = MeasuredResource(resource, self.metrics, self._reactor.seconds)
+        return RequestIdResource(resource)
 
     def _start_workers(self, reactor: Any, config: GatewayConfig) -> list[tuple[WorkerService, WorkerClient]]:
         """

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from twisted.python import usage
 
-from hfendpoint.service._options import LISTEN_HELP, OPTIONS, build_config, worker_command
+from hfendpoint.service._options import FLAGS, LISTEN_HELP, OPTIONS, build_config, worker_command
 
 
 def _coerce(parse: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -36,7 +36,9 @@ class Options(usage.Options):
         "the gateway's own interpreter."
     )
 
-    optFlags = [["no-access-log", None, "Do not log a line for each HTTP request."]]
+    optFlags = [["no-access-log", None, "Do not log a line for each HTTP request."]] + [
+        [flag.name, None, flag.help[0].upper() + flag.help[1:] + "."] for flag in FLAGS
+    ]
 
     optParameters = [
         ["worker", "w", None, "The worker executable (default: the built-in demo worker)."],
@@ -57,6 +59,11 @@ class Options(usage.Options):
         self["listen"].append(description)
 
     opt_listen.__doc__ = LISTEN_HELP
+
+    def opt_metrics_listen(self, description: str) -> None:
+        self["metrics-listen"].append(description)
+
+    opt_metrics_listen.__doc__ = _option("metrics-listen").describe()
 
     def opt_api_key(self, key: str) -> None:
         self["api-key"].append(key)
@@ -80,7 +87,10 @@ class Options(usage.Options):
         except WorkerNotFound as e:
             raise usage.UsageError(str(e))
         self["config"] = build_config(
-            {option.field: self[option.name] for option in OPTIONS},
+            {
+                **{option.field: self[option.name] for option in OPTIONS},
+                **{flag.field: not self[flag.name] for flag in FLAGS},
+            },
             command,
             self["listen"] or ["tcp:3000"],
             not self["no-access-log"],

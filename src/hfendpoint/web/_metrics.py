@@ -1,0 +1,235 @@
+"""
+Prometheus metrics of the HTTP side: every answer counted by endpoint and
+status and timed, and the C{/metrics} page itself.
+
+Everything else (queues, workers, the image store) is read from the
+gateway's own state when Prometheus scrapes, by a collector the service
+registers, so that it costs nothing per request.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from twisted.web.resource import Resource
+
+METRICS_PATH = b"/metrics"
+
+#: Paths counted under their own name; any other is a route template or
+#: C{other}, so that no client can grow the number of series.
+EXACT_ENDPOINTS = {
+    path: path.decode("ascii")
+    for path in (
+        b"/",
+        b"/health",
+        b"/ready",
+        b"/openapi.json",
+        b"/metrics",
+        b"/tokenize",
+        b"/detokenize",
+        b"/v1/models",
+        b"/v1/chat/completions",
+        b"/v1/completions",
+        b"/v1/responses",
+        b"/v1/embeddings",
+        b"/v1/images/generations",
+        b"/v1/images/edits",
+    )
+}
+TEMPLATES = ((b"/v1/models/", "/v1/models/{model}"), (b"/v1/images/", "/v1/images/{image_id}"))
+
+#: Seconds: from a token's few milliseconds to an image's minutes.
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+TOKEN_GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5)
+
+
+def endpoint_of(path: bytes) -> str:
+    name = EXACT_ENDPOINTS.get(path)
+    if name is not None:
+        return name
+    for prefix, template in TEMPLATES:
+        if path.startswith(prefix) and b"/" not in path[len(prefix) :]:
+            return template
+    return "other"
+
+
+class HTTPMetrics:
+    """
+    The metric families that the HTTP side records, in one registry of
+    the gateway's own (never the process's global one, which an embedding
+    application may use).
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "hfendpoint_requests",
+            "HTTP requests answered, by endpoint, method and status (429: refused by admission control)",
+            ["endpoint", "method", "status"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "hfendpoint_request_duration_seconds",
+            "Time from a request's arrival to the end of its answer",
+            ["endpoint"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.time_to_first_token = Histogram(
+            "hfendpoint_time_to_first_token_seconds",
+            "Time from a streamed request's arrival to its first event",
+            ["endpoint"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.time_between_tokens = Histogram(
+            "hfendpoint_time_between_tokens_seconds",
+            "Time between two writes of events to a stream",
+            ["endpoint"],
+            buckets=TOKEN_GAP_BUCKETS,
+            registry=registry,
+        )
+        self.prompt_tokens = Counter(
+            "hfendpoint_prompt_tokens",
+            "Prompt tokens of answered requests, as their usage reports them",
+            ["endpoint"],
+            registry=registry,
+        )
+        self.completion_tokens = Counter(
+            "hfendpoint_completion_tokens",
+            "Completion tokens of answered requests, as their usage reports them",
+            ["endpoint"],
+            registry=registry,
+        )
+        self._children: dict[tuple, Any] = {}
+
+    def answered(self, endpoint: str, method: str, status: int, seconds: float) -> None:
+        key = (endpoint, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(endpoint, method, str(status)),
+                self.duration.labels(endpoint),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def usage(self, endpoint: str, usage: Any) -> None:
+        """
+        Count the tokens of a request's C{usage} (OpenAI's shape, of any
+        endpoint).
+        """
+        if not isinstance(usage, dict):
+            return
+        prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
+        completion = usage.get("completion_tokens", usage.get("output_tokens"))
+        if isinstance(prompt, int) and prompt > 0:
+            self.prompt_tokens.labels(endpoint).inc(prompt)
+        if isinstance(completion, int) and completion > 0:
+            self.completion_tokens.labels(endpoint).inc(completion)
+
+
+class StreamTimer:
+    """
+    Times one stream's events: the first from the request's arrival, the
+    next ones from the one before.
+    """
+
+    __slots__ = ("_metrics", "_endpoint", "_clock", "_last", "_first")
+
+    def __init__(self, metrics: HTTPMetrics, endpoint: str, clock: Callable[[], float], started: float) -> None:
+        self._metrics = metrics
+        self._endpoint = endpoint
+        self._clock = clock
+        self._last = started
+        self._first = True
+
+    def event(self) -> None:
+        now = self._clock()
+        histogram = self._metrics.time_to_first_token if self._first else self._metrics.time_between_tokens
+        histogram.labels(self._endpoint).observe(now - self._last)
+        self._first = False
+        self._last = now
+
+
+class MetricsResource(Resource):
+    """
+    The registry in Prometheus' text format at C{/metrics}; anything else
+    goes to C{inner} (a 404 without one).
+    """
+
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry, inner: Any = None) -> None:
+        super().__init__()
+        self._registry = registry
+        self._inner = inner
+
+    def render(self, request: Any) -> Any:
+        if request.path == METRICS_PATH and request.method in (b"GET", b"HEAD"):
+            return self._page(request)
+        if self._inner is not None:
+            return self._inner.render(request)
+        request.setResponseCode(404)
+        request.setHeader(b"content-type", b"text/plain")
+        return b"Not found: metrics are at /metrics.\n"
+
+    def _page(self, request: Any) -> bytes:
+        body = generate_latest(self._registry)
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+        request.setHeader(b"content-length", b"%d" % len(body))
+        return body
+
+
+class MeasuredResource(Resource):
+    """
+    Counts and times every answer of C{inner}.
+
+    A request's L{RequestRecorder} (C{request.metrics}) is there for the
+    parts that know more: the usage of an answer, the events of a stream.
+    """
+
+    isLeaf = True
+
+    def __init__(self, inner: Any, metrics: HTTPMetrics, clock: Callable[[], float]) -> None:
+        super().__init__()
+        self._inner = inner
+        self._metrics = metrics
+        self._clock = clock
+
+    def render(self, request: Any) -> Any:
+        started = self._clock()
+        endpoint = endpoint_of(request.path)
+        metrics = self._metrics
+        request.metrics = RequestRecorder(metrics, endpoint, self._clock, started)
+        request.notifyFinish().addBoth(self._answered, request, endpoint, started)
+        return self._inner.render(request)
+
+    def _answered(self, result: Any, request: Any, endpoint: str, started: float) -> None:
+        method = request.method.decode("ascii", "replace") if request.method in _METHODS else "other"
+        self._metrics.answered(endpoint, method, request.code, self._clock() - started)
+
+
+_METHODS = frozenset({b"GET", b"POST", b"DELETE", b"HEAD", b"OPTIONS", b"PUT", b"PATCH"})
+
+
+class RequestRecorder:
+    """
+    What a request's handlers report of it: its usage, its stream.
+    """
+
+    __slots__ = ("_metrics", "endpoint", "_clock", "_started")
+
+    def __init__(self, metrics: HTTPMetrics, endpoint: str, clock: Callable[[], float], started: float) -> None:
+        self._metrics = metrics
+        self.endpoint = endpoint
+        self._clock = clock
+        self._started = started
+
+    def usage(self, usage: Any) -> None:
+        self._metrics.usage(self.endpoint, usage)
+
+    def stream(self) -> StreamTimer:
+        return StreamTimer(self._metrics, self.endpoint, self._clock, self._started)

@@ -1,0 +1,126 @@
+"""
+Prometheus metrics, scraped through real HTTP after a known sequence of
+requests and parsed with prometheus_client's own parser.
+"""
+
+from __future__ import annotations
+
+import json
+
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from hfendpoint.web._metrics import endpoint_of
+
+from .gateway import http_client, start_gateway
+
+JSON = {"Content-Type": ["application/json"]}
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "Hello there"}]}
+
+
+def samples(text):
+    """
+    Every sample, by name and sorted labels.
+    """
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+class MetricsTests(TestCase):
+    async def setUp(self):
+        self.url, self.gateway = await start_gateway(
+            self, metrics_listen=["tcp:0:interface=127.0.0.1"], batch_tokens=0
+        )
+        self.http = http_client(self)
+
+    async def post(self, path, body):
+        response = await self.http.post(self.url + path, json.dumps(body).encode(), headers=JSON)
+        return response.code, await response.content()
+
+    async def scrape(self, url=None):
+        response = await self.http.get((url or self.url) + "/metrics")
+        self.assertEqual(response.code, 200)
+        self.assertTrue(response.headers.getRawHeaders(b"content-type")[0].startswith(b"text/plain"))
+        return samples((await response.content()).decode())
+
+    async def test_known_sequence(self):
+        for _ in range(2):
+            self.assertEqual((await self.post("/v1/chat/completions", CHAT))[0], 200)
+        code, _ = await self.post("/v1/chat/completions", {**CHAT, "stream": True, "stream_options": {"include_usage": True}})
+        self.assertEqual(code, 200)
+        self.assertEqual((await self.post("/v1/embeddings", {"model": "m", "input": ["a b", "c"]}))[0], 200)
+        self.assertEqual((await self.post("/v1/chat/completions", {"model": "m"}))[0], 400)
+        code, body = await self.post("/v1/images/generations", {"prompt": "p", "size": "256x256", "response_format": "url"})
+        self.assertEqual(code, 200, body)
+        response = await self.http.get(self.url + "/v1/images/not-there")
+        await response.content()
+        self.assertEqual(response.code, 404)
+
+        found = await self.scrape()
+        chat = "/v1/chat/completions"
+        self.assertEqual(found[("hfendpoint_requests_total", (("endpoint", chat), ("method", "POST"), ("status", "200")))], 3)
+        self.assertEqual(found[("hfendpoint_requests_total", (("endpoint", chat), ("method", "POST"), ("status", "400")))], 1)
+        self.assertEqual(
+            found[("hfendpoint_requests_total", (("endpoint", "/v1/embeddings"), ("method", "POST"), ("status", "200")))], 1
+        )
+        self.assertEqual(
+            found[("hfendpoint_requests_total", (("endpoint", "/v1/images/{image_id}"), ("method", "GET"), ("status", "404")))], 1
+        )
+        self.assertEqual(found[("hfendpoint_request_duration_seconds_count", (("endpoint", chat),))], 4)
+        self.assertEqual(found[("hfendpoint_requests_running", ())], 0)
+        self.assertEqual(found[("hfendpoint_requests_queued", ())], 0)
+        self.assertEqual(found[("hfendpoint_worker_up", (("worker", "0"),))], 1)
+        self.assertEqual(found[("hfendpoint_worker_restarts_total", (("worker", "0"),))], 0)
+        self.assertEqual(found[("hfendpoint_worker_calls_in_flight", (("worker", "0"),))], 0)
+        self.assertEqual(found[("hfendpoint_image_store_images", ())], 1)
+        self.assertEqual(found[("hfendpoint_image_store_bytes", ())], self.gateway.store.size)
+        self.assertGreater(self.gateway.store.size, 0)
+
+    async def test_own_listener(self):
+        """
+        C{--metrics-listen} serves /metrics alone; the main listener too.
+        """
+        await self.post("/v1/chat/completions", CHAT)
+        port = self.gateway.ports[1].getHost().port
+        found = await self.scrape(f"http://127.0.0.1:{port}")
+        key = ("hfendpoint_requests_total", (("endpoint", "/v1/chat/completions"), ("method", "POST"), ("status", "200")))
+        self.assertEqual(found[key], 1)
+        response = await self.http.get(f"http://127.0.0.1:{port}/v1/models")
+        await response.content()
+        self.assertEqual(response.code, 404)
+
+
+class MetricsAccessTests(TestCase):
+    async def test_needs_a_key_on_the_main_listener(self):
+        url, gateway = await start_gateway(self, api_keys=["k"], metrics_listen=["tcp:0:interface=127.0.0.1"])
+        http = http_client(self)
+        response = await http.get(url + "/metrics")
+        await response.content()
+        self.assertEqual(response.code, 401)
+        response = await http.get(url + "/metrics", headers={"Authorization": ["Bearer k"]})
+        await response.content()
+        self.assertEqual(response.code, 200)
+        port = gateway.ports[1].getHost().port
+        response = await http.get(f"http://127.0.0.1:{port}/metrics")
+        await response.content()
+        self.assertEqual(response.code, 200)
+
+    async def test_off(self):
+        url, gateway = await start_gateway(self, metrics=False)
+        http = http_client(self)
+        response = await http.get(url + "/metrics")
+        await response.content()
+        self.assertEqual(response.code, 404)
+        self.assertIsNone(gateway.metrics)
+
+
+class EndpointTests(SynchronousTestCase):
+    def test_bounded_labels(self):
+        self.assertEqual(endpoint_of(b"/v1/chat/completions"), "/v1/chat/completions")
+        self.assertEqual(endpoint_of(b"/v1/images/abc"), "/v1/images/{image_id}")
+        self.assertEqual(endpoint_of(b"/v1/models/x"), "/v1/models/{model}")
+        self.assertEqual(endpoint_of(b"/v1/images/a/b"), "other")
+        self.assertEqual(endpoint_of(b"/anything/else"), "other")
