@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from .test_sdk import WorkerProcess
+from .gateway_end import WorkerProcess
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
