@@ -28,7 +28,6 @@ import operator
 import os
 import random
 import re
-import struct
 import zlib
 from collections.abc import AsyncIterator, Sequence
 from functools import lru_cache
@@ -36,6 +35,12 @@ from typing import Any, Optional
 
 import hfendpoint
 from hfendpoint import WorkerError
+from hfendpoint.workers._demo_images import (
+    PNG_SIGNATURE,
+    horizontal_gradient,
+    palette,
+    vertical_gradient,
+)
 
 MODEL = "hfendpoint-demo"
 DEFAULT_DIMENSION = 384
@@ -43,7 +48,6 @@ FIRST_TOKEN_ID = 1000
 VOCABULARY_SIZE = 50000
 MAX_SIDE = 4096
 MAX_IMAGES = 10
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 # A token is a word or a single punctuation sign; a streamed chunk is the
 # same token with the spaces before it, so that chunks concatenate back to
@@ -297,75 +301,6 @@ async def chat_completions(data: dict[str, Any]) -> AsyncIterator[dict[str, Any]
             "total_tokens": prompt_tokens + len(chunks),
         },
     }
-
-
-def png_chunk(kind: bytes, body: bytes) -> bytes:
-    return (
-        struct.pack(">I", len(body))
-        + kind
-        + body
-        + struct.pack(">I", zlib.crc32(kind + body))
-    )
-
-
-def encode_png(width: int, height: int, scanlines: bytes) -> bytes:
-    """
-    A PNG of 8-bit RGB C{scanlines}, each already prefixed by its filter
-    byte: the few lines of the format the demo needs, rather than a
-    dependency on an imaging library.
-    """
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        PNG_SIGNATURE
-        + png_chunk(b"IHDR", header)
-        + png_chunk(b"IDAT", zlib.compress(scanlines, 6))
-        + png_chunk(b"IEND", b"")
-    )
-
-
-Colour = tuple[int, int, int]
-
-
-def palette(seed: bytes) -> tuple[Colour, Colour]:
-    """
-    Two colours drawn from C{seed}: the prompt picks the picture.
-    """
-    first = zlib.crc32(seed)
-    second = zlib.crc32(seed, first)
-    return (
-        (first & 255, (first >> 8) & 255, (first >> 16) & 255),
-        (second & 255, (second >> 8) & 255, (second >> 16) & 255),
-    )
-
-
-def blend(start: Colour, end: Colour, step: int, steps: int) -> bytes:
-    if steps <= 1:
-        return bytes(start)
-    return bytes(a + (b - a) * step // (steps - 1) for a, b in zip(start, end))
-
-
-def vertical_gradient(width: int, height: int, colours: tuple[Colour, Colour]) -> bytes:
-    """
-    One colour per row, so that each row is a single bytes multiplication:
-    a 1024x1024 image costs milliseconds.
-    """
-    start, end = colours
-    return encode_png(
-        width,
-        height,
-        b"".join(b"\x00" + blend(start, end, y, height) * width for y in range(height)),
-    )
-
-
-def horizontal_gradient(
-    width: int, height: int, colours: tuple[Colour, Colour]
-) -> bytes:
-    """
-    One colour per column: a single row, repeated.
-    """
-    start, end = colours
-    row = b"\x00" + b"".join(blend(start, end, x, width) for x in range(width))
-    return encode_png(width, height, row * height)
 
 
 def image_request(data: dict[str, Any]) -> tuple[str, int, int, int]:
