@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from .test_sdk import WorkerProcess
+from .gateway_end import WorkerProcess
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -83,6 +83,81 @@ class TokenizeTests(SynchronousTestCase):
     def test_bad_input(self) -> None:
         [reply] = self.demo.call("tokenize", {"input": "not a list"})
         self.assertIn("input", reply["error"])
+
+
+def colliding_words() -> tuple[str, str]:
+    """
+    Two words the demo's hash gives the same id.
+    """
+    seen: dict[int, str] = {}
+    for number in range(100000):
+        word = f"w{number}"
+        [ident] = expected_ids(word)
+        if ident in seen:
+            return seen[ident], word
+        seen[ident] = word
+    raise AssertionError("no collision")
+
+
+class DetokenizeTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.demo = start_demo(self)
+
+    def test_inverse(self) -> None:
+        """
+        Token ids from C{tokenize} come back as their text, up to spacing,
+        which C{tokenize} does not keep: tokenized again, the texts give the
+        same ids.
+        """
+        texts = ["Hello, world!", "", "déjà   vu", "a (b) c_d 42"]
+        [tokenized] = self.demo.data("tokenize", {"input": texts})
+        [reply] = self.demo.data("detokenize", tokenized)
+        self.assertEqual(reply, {"texts": ["Hello, world!", "", "déjà vu", "a( b) c_d 42"]})
+        [again] = self.demo.data("tokenize", {"input": reply["texts"]})
+        self.assertEqual(again, tokenized)
+
+    def test_chat_prompts_known(self) -> None:
+        """
+        The pieces of a chat prompt, which the demo counts, can be turned
+        back too.
+        """
+        messages = [{"role": "user", "content": "Quokkas smile."}]
+        self.demo.data("chat_completions", {"messages": messages}, 9)
+        [reply] = self.demo.data(
+            "detokenize", {"tokens": [expected_ids("Quokkas", "smile", ".")]}
+        )
+        self.assertEqual(reply, {"texts": ["Quokkas smile."]})
+
+    def test_collision(self) -> None:
+        """
+        Of two words with one id, the first seen keeps it.
+        """
+        first, second = colliding_words()
+        self.demo.data("tokenize", {"input": [first, second]})
+        [reply] = self.demo.data("detokenize", {"tokens": [expected_ids(second)]})
+        self.assertEqual(reply, {"texts": [first]})
+
+    def test_unknown_tokens(self) -> None:
+        """
+        An id the demo never cut from a text, in its vocabulary or not, is
+        refused by name rather than made up.
+        """
+        [never_seen] = expected_ids("unseen")
+        for token in (never_seen, 42):
+            [reply] = self.demo.call("detokenize", {"tokens": [[token]]})
+            self.assertEqual(
+                reply["error"],
+                f"token {token} is unknown: the demo worker can only turn back "
+                "the tokens of texts it has tokenized",
+            )
+
+    def test_bad_input(self) -> None:
+        [reply] = self.demo.call("detokenize", {"tokens": "1 2 3"})
+        self.assertEqual(reply["error"], "tokens must be a list of token id lists")
+        [reply] = self.demo.call("detokenize", {"tokens": [[], [1, "2"]]})
+        self.assertEqual(reply["error"], "tokens 1 must be a list of token ids")
+        [reply] = self.demo.call("detokenize", {"tokens": [[True]]})
+        self.assertEqual(reply["error"], "tokens 0 must be a list of token ids")
 
 
 class EmbeddingsTests(SynchronousTestCase):
@@ -233,6 +308,7 @@ class DescribeTests(SynchronousTestCase):
                 "protocol": 2,
                 "calls": [
                     "chat_completions",
+                    "detokenize",
                     "embeddings",
                     "images_editions",
                     "images_generations",

@@ -6,6 +6,8 @@ both generations of the original one::
 
     import hfendpoint
 
+    model = load_the_model()                # first: see below
+
     def embed(data, send_chunk):            # v0.2
         send_chunk({"embeddings": ...})
 
@@ -16,6 +18,10 @@ both generations of the original one::
         return {"embeddings": ...}
 
     asyncio.run(hfendpoint.run())
+
+The worker answers the gateway's handshake once C{run} is called, and the
+gateway takes that answer as "ready to serve": load the model before.
+The calls a worker may serve are listed in L{hfendpoint.library}.
 
 It stays light on purpose: importing it loads only the standard library and
 msgpack, never Twisted, so a worker does not carry the gateway around. The

@@ -3,12 +3,14 @@ The demo worker: what the gateway runs when it is given no worker.
 
 It answers every call of the protocol without a model, so that the gateway
 can be tried, tested and benchmarked with nothing installed but hfendpoint
-itself. Every answer is deterministic (the same request gets the same
-bytes), which is what tests want, and cheap, so that a benchmark measures
-the gateway rather than the worker:
+itself. Every answer but C{detokenize}'s is deterministic (the same
+request gets the same bytes), which is what tests want, and cheap, so
+that a benchmark measures the gateway rather than the worker:
 
   - C{chat_completions} says C{"Hello! You said: ..."}, one token at a time;
   - C{tokenize} cuts words and punctuation and hashes each piece to an id;
+  - C{detokenize} turns ids back into the pieces they were cut from, as far
+    as a hash allows (see L{detokenize});
   - C{embeddings} sums a pseudo-random vector per token and normalises it;
   - C{images_generations} and C{images_editions} paint gradients as PNGs.
 
@@ -26,7 +28,6 @@ import operator
 import os
 import random
 import re
-import struct
 import zlib
 from collections.abc import AsyncIterator, Sequence
 from functools import lru_cache
@@ -34,6 +35,12 @@ from typing import Any, Optional
 
 import hfendpoint
 from hfendpoint import WorkerError
+from hfendpoint.workers._demo_images import (
+    PNG_SIGNATURE,
+    horizontal_gradient,
+    palette,
+    vertical_gradient,
+)
 
 MODEL = "hfendpoint-demo"
 DEFAULT_DIMENSION = 384
@@ -41,13 +48,13 @@ FIRST_TOKEN_ID = 1000
 VOCABULARY_SIZE = 50000
 MAX_SIDE = 4096
 MAX_IMAGES = 10
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 # A token is a word or a single punctuation sign; a streamed chunk is the
 # same token with the spaces before it, so that chunks concatenate back to
 # the reply and count exactly as the tokenizer counts.
 TOKEN = re.compile(r"\w+|[^\w\s]")
 CHUNK = re.compile(r"\s*(?:\w+|[^\w\s])")
+WORD = re.compile(r"\w")
 
 
 def token_id(piece: str) -> int:
@@ -58,8 +65,33 @@ def token_id(piece: str) -> int:
     return zlib.crc32(piece.encode("utf-8")) % VOCABULARY_SIZE + FIRST_TOKEN_ID
 
 
+#: The longest piece remembered for L{detokenize}, and how many pieces
+#: are remembered at most: the memory stays bounded whatever clients send.
+MAX_PIECE = 64
+MAX_PIECES = 1 << 17
+
+#: The id of each piece seen, and the piece each id was first seen for.
+_ids: dict[str, int] = {}
+_pieces: dict[int, str] = {}
+
+
+def learn(piece: str) -> int:
+    """
+    The id of a piece not seen before, remembered both ways: a hash cannot
+    be turned back, so detokenizing needs the pieces themselves. Of two
+    pieces with the same id, the first keeps it.
+    """
+    ident = token_id(piece)
+    if len(piece) <= MAX_PIECE and len(_ids) < MAX_PIECES:
+        _ids[piece] = ident
+        _pieces.setdefault(ident, piece)
+    return ident
+
+
 def tokenize_text(text: str) -> list[int]:
-    return [token_id(piece) for piece in TOKEN.findall(text)]
+    # Ids are never 0, so a miss is the only falsy lookup.
+    ids = _ids
+    return [ids.get(piece) or learn(piece) for piece in TOKEN.findall(text)]
 
 
 @hfendpoint.handler("tokenize")
@@ -72,6 +104,53 @@ def tokenize(data: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
         raise WorkerError("input must be a list of strings")
     return {"tokens": [tokenize_text(text) for text in texts]}
+
+
+def join_pieces(pieces: list[str]) -> str:
+    """
+    Text whose tokens are C{pieces}: a word is set off by a space, a
+    punctuation sign follows what comes before it. C{tokenize} drops the
+    spaces of a text, so this is the original up to spacing: tokenized
+    again, it gives back the same ids.
+    """
+    parts: list[str] = []
+    for piece in pieces:
+        if parts and WORD.match(piece):
+            parts.append(" ")
+        parts.append(piece)
+    return "".join(parts)
+
+
+@hfendpoint.handler("detokenize")
+def detokenize(data: dict[str, Any]) -> dict[str, Any]:
+    """
+    Text for each list of token ids, the inverse of C{tokenize}, an
+    optional call that old workers lack. The demo's ids are hashes, so it
+    only knows the pieces of texts it has cut into tokens itself, in this
+    process (C{tokenize}, and the prompts of chat requests it counted): any
+    other id, one out of its vocabulary included, is refused by name. This
+    is the one call whose answer depends on earlier ones.
+    """
+    lists = data.get("tokens")
+    if not isinstance(lists, list):
+        raise WorkerError("tokens must be a list of token id lists")
+    texts = []
+    for index, tokens in enumerate(lists):
+        if not isinstance(tokens, list) or not all(
+            isinstance(t, int) and not isinstance(t, bool) for t in tokens
+        ):
+            raise WorkerError(f"tokens {index} must be a list of token ids")
+        pieces = []
+        for token in tokens:
+            piece = _pieces.get(token)
+            if piece is None:
+                raise WorkerError(
+                    f"token {token} is unknown: the demo worker can only turn back "
+                    "the tokens of texts it has tokenized"
+                )
+            pieces.append(piece)
+        texts.append(join_pieces(pieces))
+    return {"texts": texts}
 
 
 def dimension() -> int:
@@ -222,75 +301,6 @@ async def chat_completions(data: dict[str, Any]) -> AsyncIterator[dict[str, Any]
             "total_tokens": prompt_tokens + len(chunks),
         },
     }
-
-
-def png_chunk(kind: bytes, body: bytes) -> bytes:
-    return (
-        struct.pack(">I", len(body))
-        + kind
-        + body
-        + struct.pack(">I", zlib.crc32(kind + body))
-    )
-
-
-def encode_png(width: int, height: int, scanlines: bytes) -> bytes:
-    """
-    A PNG of 8-bit RGB C{scanlines}, each already prefixed by its filter
-    byte: the few lines of the format the demo needs, rather than a
-    dependency on an imaging library.
-    """
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        PNG_SIGNATURE
-        + png_chunk(b"IHDR", header)
-        + png_chunk(b"IDAT", zlib.compress(scanlines, 6))
-        + png_chunk(b"IEND", b"")
-    )
-
-
-Colour = tuple[int, int, int]
-
-
-def palette(seed: bytes) -> tuple[Colour, Colour]:
-    """
-    Two colours drawn from C{seed}: the prompt picks the picture.
-    """
-    first = zlib.crc32(seed)
-    second = zlib.crc32(seed, first)
-    return (
-        (first & 255, (first >> 8) & 255, (first >> 16) & 255),
-        (second & 255, (second >> 8) & 255, (second >> 16) & 255),
-    )
-
-
-def blend(start: Colour, end: Colour, step: int, steps: int) -> bytes:
-    if steps <= 1:
-        return bytes(start)
-    return bytes(a + (b - a) * step // (steps - 1) for a, b in zip(start, end))
-
-
-def vertical_gradient(width: int, height: int, colours: tuple[Colour, Colour]) -> bytes:
-    """
-    One colour per row, so that each row is a single bytes multiplication:
-    a 1024x1024 image costs milliseconds.
-    """
-    start, end = colours
-    return encode_png(
-        width,
-        height,
-        b"".join(b"\x00" + blend(start, end, y, height) * width for y in range(height)),
-    )
-
-
-def horizontal_gradient(
-    width: int, height: int, colours: tuple[Colour, Colour]
-) -> bytes:
-    """
-    One colour per column: a single row, repeated.
-    """
-    start, end = colours
-    row = b"\x00" + b"".join(blend(start, end, x, width) for x in range(width))
-    return encode_png(width, height, row * height)
 
 
 def image_request(data: dict[str, Any]) -> tuple[str, int, int, int]:
