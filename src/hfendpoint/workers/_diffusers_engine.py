@@ -154,6 +154,7 @@ def load(
     device: str,
     dtype: Any,
     variant: Optional[str] = None,
+    revision: Optional[str] = None,
     cpu_offload: bool = False,
 ) -> Pipelines:
     """
@@ -166,6 +167,8 @@ def load(
     options: dict[str, Any] = {"dtype": dtype}
     if variant:
         options["variant"] = variant
+    if revision:
+        options["revision"] = revision
     text2image = AutoPipelineForText2Image.from_pretrained(model, **options)
     if not cpu_offload:
         text2image.to(device)

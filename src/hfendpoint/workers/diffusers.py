@@ -101,6 +101,7 @@ def parse_arguments(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         default=DEFAULT_MODEL,
         help=f"a model on the Hugging Face hub, or a folder saved by save_pretrained (default: {DEFAULT_MODEL})",
     )
+    parser.add_argument("--revision", help="the hub revision (branch, tag or commit) to load")
     parser.add_argument(
         "--device",
         help="cpu, cuda, cuda:1, mps... (default: a GPU if there is one, chosen by worker index, else the CPU)",
@@ -173,7 +174,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     dtype = torch_dtype(arguments.dtype, device)
     log.info("Loading %s on %s (%s)", arguments.model, device, str(dtype).removeprefix("torch."))
     try:
-        pipelines = load(arguments.model, device, dtype, arguments.variant, arguments.cpu_offload)
+        pipelines = load(
+            arguments.model,
+            device,
+            dtype,
+            variant=arguments.variant,
+            revision=arguments.revision,
+            cpu_offload=arguments.cpu_offload,
+        )
     except (OSError, ValueError) as error:
         raise SystemExit(f"could not load {arguments.model}: {error}") from None
     settings = Settings(
