@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import importlib.util
 import io
 import json
 import os
@@ -22,7 +21,7 @@ import sys
 import tempfile
 import threading
 import urllib.request
-from typing import Any, Optional
+from typing import Any
 
 import msgpack
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -30,18 +29,6 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from .gateway import in_thread, openai_client, png_size, start_gateway, tiny_png
 
 
-def missing() -> Optional[str]:
-    """
-    Why these tests cannot run here, if they cannot: the worker's extra is
-    not installed. Looked up without importing, which takes seconds.
-    """
-    absent = [name for name in ("torch", "diffusers", "transformers", "PIL") if importlib.util.find_spec(name) is None]
-    if absent:
-        return f"the diffusers worker's dependencies are missing: {', '.join(absent)}"
-    return None
-
-
-MISSING = missing()
 TIMEOUT = 60.0
 PROMPT = "a red cat"
 
@@ -133,8 +120,6 @@ class GatewayTests(TestCase):
     The worker as the gateway runs it, through the official client.
     """
 
-    skip = MISSING
-
     async def serve(self, *options: str) -> Any:
         """
         Start a gateway serving the tiny model and wait until the worker
@@ -220,8 +205,6 @@ class InProcessTests(SynchronousTestCase):
     """
     The worker in this process, on the tiny pipeline, with no file.
     """
-
-    skip = MISSING
 
     def painter(self, steps: int) -> Any:
         import torch

@@ -269,8 +269,15 @@ class EmbedderTests(SynchronousTestCase):
         from hfendpoint.workers._st_model import Embedder
         from hfendpoint.workers.sentence_transformers import Worker
 
+        from tokenizers import Tokenizer
+
+        # A tokenizer of its own: the reference model's truncates to its
+        # length, a setting that would leak into this model's.
+        tokenizer = Tokenizer.from_str(reference().tokenizer.backend_tokenizer.to_str())
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
         torch.manual_seed(0)
-        module = StaticEmbedding(reference().tokenizer.backend_tokenizer, embedding_dim=16)
+        module = StaticEmbedding(tokenizer, embedding_dim=16)
         model = SentenceTransformer(modules=[module], device="cpu")
         embedder = Embedder(model)
         self.assertIsNone(embedder.limit)
