@@ -238,6 +238,7 @@ class EngineTests(SynchronousTestCase):
             )
 
         first, second = asyncio.run(both())
+        self.assertEqual(self.forwards, 40)
         self.assertEqual(order, sorted(order))
         self.assertEqual(first[-1]["usage"]["completion_tokens"], 20)
         finished = [c for c in second if c["finish_reason"]]
@@ -246,6 +247,32 @@ class EngineTests(SynchronousTestCase):
         text = "".join(c["content"] for c in first)
         for index in (0, 1):
             self.assertEqual("".join(c["content"] for c in second if c["index"] == index), text)
+
+    def test_cancel_while_queued(self) -> None:
+        """
+        A request cancelled while it waits for its turn never runs: the
+        model runs the steps of the requests around it and no more.
+        """
+
+        async def scenario() -> list[dict]:
+            waiting = asyncio.ensure_future(self.drain(max_tokens=30, temperature=0))
+            chunks = []
+            async for chunk in self.engine.stream(self.request(max_tokens=30, temperature=0)):
+                if not chunks:
+                    waiting.cancel()
+                chunks.append(chunk)
+            with self.assertRaises(asyncio.CancelledError):
+                await waiting
+            # Queued after the cancelled one: it would have run by now.
+            await self.drain(max_tokens=5, temperature=0)
+            return chunks
+
+        chunks = asyncio.run(scenario())
+        self.assertEqual(chunks[-1]["usage"]["completion_tokens"], 30)
+        self.assertEqual(self.forwards, 35)
+
+    async def drain(self, **fields: Any) -> list[dict]:
+        return [chunk async for chunk in self.engine.stream(self.request(**fields))]
 
 
 EngineTests.skip = skip

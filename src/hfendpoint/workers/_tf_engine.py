@@ -135,14 +135,12 @@ class Tap(StoppingCriteria):
     are over, all of them once the job is cancelled.
     """
 
-    def __init__(self, engine: Engine, job: Job, choices: list[Choice]) -> None:
-        self.engine = engine
+    def __init__(self, job: Job, choices: list[Choice]) -> None:
         self.job = job
         self.choices = choices
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
         self.job.steps += 1
-        self.engine.steps += 1
         if not self.job.cancelled:
             self.send(input_ids[:, -1].tolist())
         if self.job.cancelled:
@@ -153,21 +151,29 @@ class Tap(StoppingCriteria):
 
     def send(self, tokens: list[int]) -> None:
         chunks = []
-        several = len(self.choices) > 1
         for index, choice in enumerate(self.choices):
             if choice.finish_reason is not None:
                 continue
             chunk = choice.step(tokens[index])
             if chunk is not None:
-                if several:
-                    chunk["index"] = index
-                chunks.append(chunk)
+                chunks.append(tagged(chunk, index, len(self.choices)))
         if chunks:
             try:
                 self.job.emit(chunks)
             except RuntimeError:
                 # The event loop is gone: the worker is stopping.
                 self.job.cancel()
+
+
+def tagged(chunk: Chunk, index: int, choices: int) -> Chunk:
+    """
+    C{chunk} with the index of its choice when there are several; a
+    single choice's chunks stay two fields, the shape the gateway reads
+    fastest.
+    """
+    if choices > 1:
+        chunk["index"] = index
+    return chunk
 
 
 def token_ids(value: Any) -> set[int]:
@@ -203,7 +209,6 @@ class Engine:
 
     @ivar eos: the token ids that end a reply: the generation config's and
         the tokenizer's end of sequence.
-    @ivar steps: the generation steps run in all, for tests and logs.
     """
 
     def __init__(self, model: Any, tokenizer: Any, max_model_len: Optional[int] = None) -> None:
@@ -219,7 +224,6 @@ class Engine:
             pad = min(self.eos) if self.eos else 0
         self.pad = pad
         self.vocabulary = model.get_output_embeddings().weight.shape[0]
-        self.steps = 0
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
 
     def close(self) -> None:
@@ -291,12 +295,7 @@ class Engine:
         limit = room if request.max_tokens is None else min(request.max_tokens, room)
         choices = [Choice(self, request, len(ids), limit) for _ in range(request.n)]
         if limit == 0:
-            job.emit(
-                [
-                    dict(choice.last_chunk("", "length"), **({"index": i} if request.n > 1 else {}))
-                    for i, choice in enumerate(choices)
-                ]
-            )
+            job.emit([tagged(c.last_chunk("", "length"), i, request.n) for i, c in enumerate(choices)])
             return
         self.generate(job, ids, choices, limit)
         if job.cancelled:
@@ -321,5 +320,5 @@ class Engine:
                 attention_mask=torch.ones_like(inputs),
                 generation_config=config,
                 logits_processor=logits_processors(request, len(ids)),
-                stopping_criteria=StoppingCriteriaList([Tap(self, job, choices)]),
+                stopping_criteria=StoppingCriteriaList([Tap(job, choices)]),
             )
