@@ -26,7 +26,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from hfendpoint.workers._tf_text import Detokenizer, TextFilter, parse_tool_calls
 
 from .gateway import in_thread, openai_client, start_gateway
-from .tiny_chat_model import CONTEXT, load_tokenizer, tiny_model
+from .tiny_chat_model import CONTEXT, load_engine, load_tokenizer, prompt_tokens, tiny_model
 
 if all(find_spec(name) for name in ("torch", "transformers", "tokenizers")):
     skip = None
@@ -45,25 +45,6 @@ TOOLS = [
     }
 ]
 CANCELLED = re.compile(r"cancelled at step (\d+); it stopped after step (\d+)")
-
-
-def prompt_tokens(messages: list[dict], tools: Any = None) -> int:
-    """
-    The tokenizer's own count of the templated prompt.
-    """
-    encoded = load_tokenizer().apply_chat_template(
-        messages, tools=tools, add_generation_prompt=True, tokenize=True, return_dict=True
-    )
-    return len(encoded["input_ids"])
-
-
-def load_engine() -> Any:
-    from transformers import AutoModelForCausalLM
-
-    from hfendpoint.workers._tf_engine import Engine
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model()).eval()
-    return Engine(model, load_tokenizer())
 
 
 class TextTests(SynchronousTestCase):

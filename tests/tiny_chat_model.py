@@ -2,7 +2,8 @@
 A tiny chat model for the transformers worker's tests: a two-layer Llama
 with random weights and a byte-level BPE tokenizer trained here on a few
 sentences, with a chat template, saved to a folder as C{save_pretrained}
-writes a Hub model.
+writes a Hub model; and the tokenizer's own prompt count, and the
+worker's engine on that model, for tests to compare with.
 """
 
 from __future__ import annotations
@@ -83,3 +84,22 @@ def load_tokenizer() -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_model())
+
+
+def prompt_tokens(messages: list[dict], tools: Any = None) -> int:
+    """
+    The tokenizer's own count of the templated prompt.
+    """
+    encoded = load_tokenizer().apply_chat_template(
+        messages, tools=tools, add_generation_prompt=True, tokenize=True, return_dict=True
+    )
+    return len(encoded["input_ids"])
+
+
+def load_engine() -> Any:
+    from transformers import AutoModelForCausalLM
+
+    from hfendpoint.workers._tf_engine import Engine
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model()).eval()
+    return Engine(model, load_tokenizer())
