@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import re
 import sys
-from importlib.util import find_spec
 from typing import Any
 
 from twisted.internet.defer import gatherResults
@@ -27,11 +26,6 @@ from hfendpoint.workers._tf_text import Detokenizer, TextFilter, parse_tool_call
 
 from .gateway import in_thread, openai_client, start_gateway
 from .tiny_chat_model import CONTEXT, load_engine, load_tokenizer, prompt_tokens, tiny_model
-
-if all(find_spec(name) for name in ("torch", "transformers", "tokenizers")):
-    skip = None
-else:
-    skip = "torch, transformers and tokenizers are needed (pip install 'hfendpoint[transformers]')"
 
 MESSAGES = [{"role": "user", "content": "hello world"}]
 TOOLS = [
@@ -130,7 +124,6 @@ class TextTests(SynchronousTestCase):
         self.assertFalse(any("\ufffd" in piece for piece in pieces))
 
 
-TextTests.skip = skip
 
 
 class EngineTests(SynchronousTestCase):
@@ -256,7 +249,6 @@ class EngineTests(SynchronousTestCase):
         return [chunk async for chunk in self.engine.stream(self.request(**fields))]
 
 
-EngineTests.skip = skip
 
 
 class LineWatcher:
@@ -392,4 +384,3 @@ class GatewayTests(TestCase):
         self.assertLess(stopped_after, budget)
 
 
-GatewayTests.skip = skip
