@@ -2,6 +2,7 @@
 The hfendpoint command line, run as a real process.
 """
 
+import json
 import os
 import sys
 
@@ -94,7 +95,7 @@ class ParserTests(SynchronousTestCase):
             else:
                 self.assertEqual(getattr(args, option.field), expected)
                 self.assertEqual(options[option.name], expected)
-        bad = {"workers": "0", "reply-timeout": "-1", "max-body-size": "1.5M", "max-queued-requests": "-1"}
+        bad = {"workers": "0", "reply-timeout": "-1", "max-body-size": "1.5M", "max-queued-requests": "-1", "log-format": "xml"}
         for name, value in bad.items():
             self.assertRaises(UsageError, Options().parseOptions, [f"--{name}", value])
             with self.assertRaises(SystemExit):
@@ -182,3 +183,17 @@ class CommandTests(TestCase):
         self.assertEqual(code, 1)
         self.assertIn(b"cannot listen", err)
         self.assertIn(b"Address already in use", err)
+        self.assertNotIn(b"Listening on", err)
+
+    async def test_json_log(self):
+        """
+        With C{--log-format json}, every line the command writes is a JSON
+        object, the worker's own lines included.
+        """
+        [script] = write_worker(self, "import sys\nsys.stderr.write('cannot load model\\n')\nsys.exit(3)\n")
+        out, err, code = await hfendpoint("--log-format", "json", "--host", "127.0.0.1", "--port", "0", script)
+        self.assertEqual(code, 1)
+        lines = [json.loads(line) for line in err.decode().splitlines()]
+        self.assertIn("worker: cannot load model", [line["event"] for line in lines])
+        self.assertTrue(any("exited with status 3 during start-up" in line["event"] for line in lines))
+        self.assertEqual({"time", "level", "namespace", "event"} - set(lines[0]), set())

@@ -115,14 +115,22 @@ def run(config: GatewayConfig) -> int:
     from hfendpoint.service._service import GatewayService
     from hfendpoint.service._tuning import tune_process
 
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    if config.log_format == "json":
+        from hfendpoint.service._logging import json_log_observer
+
+        observer = json_log_observer(sys.stderr)
+    else:
+        observer = textFileLogObserver(sys.stderr)
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     gateway = GatewayService(reactor, config)
     gateway.stop_reactor_on_failure = True
     outcome = {"code": 0}
 
     def failed(why: str) -> None:
         outcome["code"] = 1
-        print(f"hfendpoint: error: {why}", file=sys.stderr)
+        if config.log_format == "text":
+            # Logged already; said once more, plainly, as the last line.
+            print(f"hfendpoint: error: {why}", file=sys.stderr)
 
     def start() -> None:
         gateway.whenFailed().addCallback(failed)

@@ -42,6 +42,8 @@ class GatewayConfig:
         C{/metrics}.
     @ivar metrics_listen: endpoint descriptions serving only C{/metrics},
         without API keys, for a scraper on a private network.
+    @ivar log_format: C{text}, or C{json} for the access log's lines as
+        JSON objects (the command's own log follows it too).
     @ivar access_log: C{True} for Twisted's access log through the global
         log, C{False} for none, or a text stream to write Combined Log
         Format lines to directly.
@@ -72,6 +74,7 @@ class GatewayConfig:
     api_key_file: Optional[str] = None
     cors_origins: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     metrics: bool = True
+    log_format: str = attrs.field(default="text", validator=attrs.validators.in_(("text", "json")))
     metrics_listen: tuple[str, ...] = attrs.field(default=(), converter=tuple)
 
     def replace(self, **changes: Any) -> "GatewayConfig":

@@ -23,6 +23,7 @@ from hfendpoint.backend._pool import WorkerPool
 from hfendpoint.backend._process import demo_worker_command
 from hfendpoint.backend._supervisor import WorkerService
 from hfendpoint.service._config import GatewayConfig
+from hfendpoint.service._logging import access_formatter
 from hfendpoint.service._metrics import GatewayMetrics
 from hfendpoint.web._auth import ApiKeys, KeyedResource
 from hfendpoint.web._metrics import MeasuredResource, MetricsResource
@@ -101,6 +102,7 @@ class GatewayService(MultiService):
             self._resource(config),
             max_body_size=config.max_body_size,
             access_log=config.access_log,
+            logFormatter=access_formatter(config.log_format),
             timeout=config.idle_timeout,
             reactor=reactor,
         )

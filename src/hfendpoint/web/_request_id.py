@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from typing import Any
 
 from twisted.web.resource import Resource
@@ -48,5 +49,6 @@ class RequestIdResource(Resource):
         else:
             ident = new_id()
         request.request_id = ident
+        request.started = time.time()
         request.setHeader(b"x-request-id", ident.encode("ascii"))
         return self._inner.render(request)
