@@ -70,6 +70,9 @@ class MetricsTests(TestCase):
             found[("hfendpoint_requests_total", (("endpoint", "/v1/images/{image_id}"), ("method", "GET"), ("status", "404")))], 1
         )
         self.assertEqual(found[("hfendpoint_request_duration_seconds_count", (("endpoint", chat),))], 4)
+        # The one stream: its first event, then at least one more write.
+        self.assertEqual(found[("hfendpoint_time_to_first_token_seconds_count", (("endpoint", chat),))], 1)
+        self.assertGreaterEqual(found[("hfendpoint_time_between_tokens_seconds_count", (("endpoint", chat),))], 1)
         self.assertEqual(found[("hfendpoint_requests_running", ())], 0)
         self.assertEqual(found[("hfendpoint_requests_queued", ())], 0)
         self.assertEqual(found[("hfendpoint_worker_up", (("worker", "0"),))], 1)

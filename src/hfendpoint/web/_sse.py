@@ -53,6 +53,8 @@ class EventStream:
         self._paused = False
         self.started = False
         self.closed = False
+        recorder = getattr(request, "metrics", None)
+        self._timer = recorder.stream() if recorder is not None else None
         request.notifyFinish().addErrback(self._gone)
         request.registerProducer(self, True)
 
@@ -115,6 +117,8 @@ class EventStream:
             self._held = []
             self._held_size = 0
             self._request.write(data)
+            if self._timer is not None:
+                self._timer.event()
 
     def _overflow(self) -> None:
         self.closed = True
