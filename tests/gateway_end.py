@@ -78,7 +78,7 @@ Scenario = Callable[[Peer], Awaitable[Any]]
 
 
 async def serving(
-    calls: dict[str, Call], scenario: Scenario, model: Optional[str] = None
+    calls: dict[str, Call], scenario: Scenario, model: Optional[str] = None, features: Any = ()
 ) -> Any:
     """
     Serve C{calls} on one end of a socket pair while C{scenario} plays the
@@ -86,7 +86,7 @@ async def serving(
     and wait for the worker to stop.
     """
     ours, theirs = socket.socketpair()
-    worker = asyncio.ensure_future(serve(theirs, calls, model=model))
+    worker = asyncio.ensure_future(serve(theirs, calls, model=model, features=features))
     reader, writer = await asyncio.open_unix_connection(sock=ours)
     try:
         return await scenario(Peer(reader, writer, ours, worker))
@@ -96,13 +96,13 @@ async def serving(
 
 
 def serve_scenario(
-    calls: dict[str, Call], scenario: Scenario, model: Optional[str] = None
+    calls: dict[str, Call], scenario: Scenario, model: Optional[str] = None, features: Any = ()
 ) -> Any:
     """
     Run L{serving} to completion, bounded by L{TIMEOUT} so a broken worker
     fails the test instead of hanging it.
     """
-    return asyncio.run(asyncio.wait_for(serving(calls, scenario, model), TIMEOUT))
+    return asyncio.run(asyncio.wait_for(serving(calls, scenario, model, features), TIMEOUT))
 
 
 class LogCapture(logging.Handler):

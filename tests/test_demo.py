@@ -316,6 +316,7 @@ class DescribeTests(SynchronousTestCase):
                 ],
                 "model": "hfendpoint-demo",
                 "cancel": True,
+                "features": [],
             },
         )
         self.assertEqual(demo.finish(), 0, demo.log())

@@ -166,6 +166,7 @@ class ProcessTests(SynchronousTestCase):
                 "calls": ["multi", "refuse", "single"],
                 "model": None,
                 "cancel": True,
+                "features": [],
             },
         )
         self.assertEqual(worker.finish(), 0, worker.log())
@@ -200,6 +201,7 @@ class ProcessTests(SynchronousTestCase):
                     "calls": ["chat_completions", "tokenize"],
                     "model": "org/model",
                     "cancel": True,
+                    "features": [],
                 }
             ],
         )
@@ -227,7 +229,7 @@ class ProcessTests(SynchronousTestCase):
             worker.receive(),
             {
                 "id": 1,
-                "data": {"protocol": 2, "calls": ["tokenize"], "model": "loaded", "cancel": True},
+                "data": {"protocol": 2, "calls": ["tokenize"], "model": "loaded", "cancel": True, "features": []},
             },
         )
         self.assertEqual(worker.data("tokenize", {"input": ["abc"]}), [{"tokens": [[3]]}])

@@ -44,10 +44,25 @@ class HandshakeTests(SynchronousTestCase):
                         "calls": ["echo", "embeddings", "tokenize"],
                         "model": "tiny",
                         "cancel": True,
+                        "features": [],
                     },
                 },
                 {"id": 2, "data": {"after": True}},
             ],
+        )
+
+    def test_features(self) -> None:
+        """
+        A worker announces its optional abilities, once each, sorted.
+        """
+
+        async def scenario(peer: Peer) -> Any:
+            await peer.send(1, "hfendpoint.describe", {"protocol": 2})
+            return (await peer.receive())["data"]["features"]
+
+        calls = modern_calls({"chat_completions": echo})
+        self.assertEqual(
+            serve_scenario(calls, scenario, features=["chat_n", "b", "chat_n"]), ["b", "chat_n"]
         )
 
     def vectors_after(self, handshake: Any, reply: Any) -> Any:

@@ -348,6 +348,13 @@ class GatewayTests(TestCase):
         self.assertEqual(several.usage.completion_tokens, 18)
         self.assertGreater(len({c.message.content for c in several.choices}), 1)
 
+        # With a seed, n choices still differ (one call answers them all,
+        # as the worker announces chat_n), and the same request repeats.
+        seeded_n = [await self.chat(max_tokens=8, temperature=1.0, n=2, seed=3) for _ in range(2)]
+        pairs = [[c.message.content for c in answer.choices] for answer in seeded_n]
+        self.assertNotEqual(pairs[0][0], pairs[0][1])
+        self.assertEqual(pairs[0], pairs[1])
+
     async def test_concurrent_requests(self) -> None:
         """
         Requests sent together each get the answer they get alone, and a

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Optional, TypeGuard
 
 import msgpack
@@ -24,6 +24,7 @@ from hfendpoint.wire import (
     CANCEL_KEY,
     DESCRIBE,
     EMBEDDINGS,
+    FEATURES_KEY,
     FLOAT32_VECTORS,
     MODEL_KEY,
     PROTOCOL_KEY,
@@ -89,6 +90,8 @@ class Connection:
 
     @ivar calls: what each call name runs, already adapted to one shape.
     @ivar model: the model name the handshake reports.
+    @ivar features: the optional abilities the handshake announces (such
+        as C{chat_n}: a chat call answers C{n} choices itself).
     @ivar requests: the requests in flight by id, so that a cancel can find
         its target and the end of the connection can stop them all.
     @ivar replies: what writes the replies.
@@ -102,9 +105,11 @@ class Connection:
         writer: asyncio.StreamWriter,
         calls: Mapping[str, Call],
         model: Optional[str] = None,
+        features: Iterable[str] = (),
     ) -> None:
         self.calls = dict(calls)
         self.model = model
+        self.features = sorted(set(features))
         self.requests: dict[int, Request] = {}
         self.float32_vectors = False
         self.replies = ReplyWriter(writer)
@@ -227,6 +232,7 @@ class Connection:
                 CALLS_KEY: sorted(self.calls),
                 MODEL_KEY: self.model,
                 CANCEL_KEY: True,
+                FEATURES_KEY: self.features,
             }
         )
 

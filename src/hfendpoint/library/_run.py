@@ -9,7 +9,7 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, Optional, TypeVar, overload
 
 from hfendpoint.library._calls import Handler, legacy_calls, modern_calls
@@ -81,7 +81,11 @@ def model_name(model: Optional[str]) -> Optional[str]:
 
 
 async def serve(
-    sock: socket.socket, calls: Mapping[str, Call], *, model: Optional[str] = None
+    sock: socket.socket,
+    calls: Mapping[str, Call],
+    *,
+    model: Optional[str] = None,
+    features: Iterable[str] = (),
 ) -> None:
     """
     Serve C{calls} on C{sock} until the gateway closes it.
@@ -90,7 +94,7 @@ async def serve(
     loop, for tests and for programs that embed a worker in their own loop.
     """
     reader, writer = await asyncio.open_unix_connection(sock=sock)
-    connection = Connection(writer, calls, model)
+    connection = Connection(writer, calls, model, features)
     try:
         await connection.read_from(reader)
     finally:
@@ -99,16 +103,21 @@ async def serve(
 
 @overload
 def run(
-    handlers: None = None, *, model: Optional[str] = None
+    handlers: None = None, *, model: Optional[str] = None, features: Iterable[str] = ()
 ) -> Coroutine[Any, Any, None]: ...
 
 
 @overload
-def run(handlers: Mapping[str, Handler], *, model: Optional[str] = None) -> None: ...
+def run(
+    handlers: Mapping[str, Handler], *, model: Optional[str] = None, features: Iterable[str] = ()
+) -> None: ...
 
 
 def run(
-    handlers: Optional[Mapping[str, Handler]] = None, *, model: Optional[str] = None
+    handlers: Optional[Mapping[str, Handler]] = None,
+    *,
+    model: Optional[str] = None,
+    features: Iterable[str] = (),
 ) -> Optional[Coroutine[Any, Any, None]]:
     """
     Serve the gateway until it closes the connection.
@@ -126,12 +135,16 @@ def run(
     @param handlers: v0.2 handlers, C{function(data, send_chunk)} by name.
     @param model: the model name the handshake reports; defaults to
         C{HFENDPOINT_MODEL_NAME} from the environment.
+    @param features: optional abilities to announce in the handshake,
+        such as C{"chat_n"} for a chat handler that answers C{n} choices
+        itself, each chunk tagged with its C{index} (see the protocol's
+        extensions); the gateway otherwise sends C{n} calls of one choice.
     @raise SystemExit: if the program was not started by a gateway.
     """
     name = model_name(model)
     if handlers is None:
         if not _registry:
             log.warning("No handler is registered: every request will fail.")
-        return serve(gateway_socket(), modern_calls(_registry), model=name)
-    asyncio.run(serve(gateway_socket(), legacy_calls(handlers), model=name))
+        return serve(gateway_socket(), modern_calls(_registry), model=name, features=features)
+    asyncio.run(serve(gateway_socket(), legacy_calls(handlers), model=name, features=features))
     return None

@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, Optional
 
 import hfendpoint
+from hfendpoint.wire import CHAT_N
 
 from ._device import pick_device, set_cpu_threads, torch_dtype
 
@@ -169,7 +170,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     hfendpoint.handler("chat_completions")(chat_handler(engine))
     name = options.served_model_name or os.environ.get("HFENDPOINT_MODEL_NAME") or options.model
     try:
-        asyncio.run(hfendpoint.run(model=name))
+        # It answers n choices in one batch (each chunk tagged with its
+        # index), rather than the n calls of one choice a gateway sends
+        # otherwise, which would all share one seed.
+        asyncio.run(hfendpoint.run(model=name, features=[CHAT_N]))
     finally:
         engine.close()
 
