@@ -21,32 +21,26 @@ from hfendpoint.service._sizes import format_size, parse_size
 PYTHON_NAMES = frozenset({"python", "python3", f"python3.{sys.version_info[1]}"})
 
 
-def positive_float(text: str) -> float:
-    value = _number(text, float)
-    if value <= 0:
-        raise ValueError(f"{text!r} must be positive")
-    return value
+def _parser(kind: Callable[[str], Any], positive: bool) -> Callable[[str], Any]:
+    """
+    A parser of C{kind} numbers, above zero when C{positive}, at least zero
+    otherwise.
+    """
+
+    def parse(text: str) -> Any:
+        value = _number(text, kind)
+        if value < 0 or (positive and value == 0):
+            raise ValueError(f"{text!r} must be positive" if positive else f"{text!r} must not be negative")
+        return value
+
+    parse.__name__ = f"{'positive' if positive else 'non_negative'}_{kind.__name__}"
+    return parse
 
 
-def non_negative_float(text: str) -> float:
-    value = _number(text, float)
-    if value < 0:
-        raise ValueError(f"{text!r} must not be negative")
-    return value
-
-
-def positive_int(text: str) -> int:
-    value = _number(text, int)
-    if value <= 0:
-        raise ValueError(f"{text!r} must be positive")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = _number(text, int)
-    if value < 0:
-        raise ValueError(f"{text!r} must not be negative")
-    return value
+positive_float = _parser(float, positive=True)
+non_negative_float = _parser(float, positive=False)
+positive_int = _parser(int, positive=True)
+non_negative_int = _parser(int, positive=False)
 
 
 def _number(text: str, kind: Callable[[str], Any]) -> Any:
