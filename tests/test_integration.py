@@ -1,14 +1,19 @@
 """
-Integration tests: a real L{GatewayService} on loopback, a real worker
-process behind it (the demo worker, or small scripts written for a test),
-and HTTP requests with treq, every body checked against the official
-OpenAI OpenAPI document (L{tests.openapi}).
+Integration tests: the whole gateway (site, admission, app, client,
+protocol, supervisor) in memory on a C{MemoryReactorClock}, with a worker
+that speaks the real protocol in memory (the demo worker's calls, or
+handlers written for a test), and HTTP requests with treq, every body
+checked against the official OpenAI OpenAPI document (L{tests.openapi}).
+A real worker process on a real socket is left to a few tests
+(L{LegacyWorkerTests} here, and the reliability, shutdown and client
+modules).
 """
 
 from __future__ import annotations
 
 import base64
 import gc
+import hashlib
 import json
 import math
 import re
@@ -20,6 +25,10 @@ from twisted.trial.unittest import TestCase
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
+from hfendpoint import WorkerError
+from hfendpoint.testing import handler_replies
+from hfendpoint.workers import demo
+
 from .gateway import (
     as_float32,
     PNG_SIGNATURE,
@@ -30,6 +39,7 @@ from .gateway import (
     parse_sse,
     png_size,
     start_gateway,
+    start_memory_gateway,
     tiny_png,
     write_worker,
 )
@@ -54,20 +64,23 @@ EDIT_SCHEMA = response_schema("/images/edits", "post")
 
 class GatewayTestCase(TestCase):
     """
-    A gateway with the demo worker, started for each test (it starts in a
-    fraction of a second; trial wants the reactor clean after each test,
-    so it cannot outlive one).
+    A gateway in memory with the demo worker's calls (or C{handlers}),
+    started for each test. Every request is served as far as it can be
+    before the client's call returns, so the tests await Deferreds that
+    have fired.
     """
 
     timeout = 30
-    worker_command: Optional[list[str]] = None
+    handlers: Optional[dict[str, Any]] = None
+    worker_options: dict[str, Any] = {}
     gateway_options: dict[str, Any] = {}
 
-    async def setUp(self) -> None:
-        self.url, self.gateway = await start_gateway(
-            self, self.worker_command, **self.gateway_options
+    def setUp(self) -> None:
+        self.memory = start_memory_gateway(
+            self, self.handlers, worker=dict(self.worker_options), **self.gateway_options
         )
-        self.http = http_client(self)
+        self.url, self.gateway, self.http = self.memory.url, self.memory.service, self.memory.http
+
 
     async def get(self, path: str, **kwargs: Any) -> tuple[Any, bytes]:
         response = await self.http.get(self.url + path, **kwargs)
@@ -140,6 +153,21 @@ class GatewayTestCase(TestCase):
         if param is not ...:
             self.assertEqual(error["param"], param, body)
         return error
+
+
+class RealGatewayTestCase(GatewayTestCase):
+    """
+    A real gateway on loopback with a real worker process (the demo
+    worker, or C{worker_command}).
+    """
+
+    worker_command: Optional[list[str]] = None
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        self.url, self.gateway = await start_gateway(
+            self, self.worker_command, **self.gateway_options
+        )
+        self.http = http_client(self)
 
 
 def content_type(response: Any) -> Optional[str]:
@@ -378,7 +406,22 @@ class ChatTests(GatewayTestCase):
             response, result = await self.post_json("/v1/chat/completions", body)
             return response.code, result["choices"][0]["message"]["content"]
 
-        results = await gatherResults([ensureDeferred(one(i)) for i in range(20)])
+        # All twenty are in flight before the worker answers any, and it
+        # answers them a chunk of each in turn, in reverse order.
+        self.memory.worker.handlers["chat_completions"] = lambda data: None
+        self.memory.autoflush = False
+        all_done = gatherResults([ensureDeferred(one(i)) for i in range(20)])
+        self.memory.flush()
+        self.memory.autoflush = True
+        calls = list(self.memory.worker.pending.values())
+        self.assertEqual(len(calls), 20)
+        replies = [list(handler_replies(demo.chat_completions(call.data))) for call in calls]
+        while any(replies):
+            for call, left in reversed(list(zip(calls, replies))):
+                if left:
+                    call.reply(left.pop(0))
+            self.memory.flush()
+        results = self.successResultOf(all_done)
         self.assertEqual(results, [(200, f"Hello! You said: number {i}") for i in range(20)])
 
 
@@ -1066,37 +1109,23 @@ class BodySizeTests(GatewayTestCase):
         self.assertEqual(response.code, 200, body)
 
 
-FAILING_WORKER = """
-import asyncio
-import hfendpoint
-
-
-@hfendpoint.handler("chat_completions")
-def chat_completions(data):
+def on_fire(data: Any) -> Any:
     raise RuntimeError("the model is on fire")
 
 
-@hfendpoint.handler("images_generations")
-async def images_generations(data):
-    raise hfendpoint.WorkerError("no GPU left")
+def no_gpu(data: Any) -> Any:
+    raise WorkerError("no GPU left")
 
 
-asyncio.run(hfendpoint.run())
-"""
-
-HALF_STREAM_WORKER = """
-import asyncio
-import hfendpoint
+FAILING_WORKER = {"chat_completions": on_fire, "images_generations": no_gpu}
 
 
-@hfendpoint.handler("chat_completions")
-async def chat_completions(data):
+def half_stream(data: Any) -> Any:
     yield {"content": "partial", "finish_reason": None}
     raise RuntimeError("lost the thread")
 
 
-asyncio.run(hfendpoint.run())
-"""
+HALF_STREAM_WORKER = {"chat_completions": half_stream}
 
 LEGACY_WORKER = """
 import hfendpoint
@@ -1118,9 +1147,7 @@ class FailingWorkerTests(GatewayTestCase):
     A worker whose handlers raise: the client gets an OpenAI 5xx error.
     """
 
-    def setUp(self) -> Any:
-        self.worker_command = write_worker(self, FAILING_WORKER)
-        return super().setUp()
+    handlers = FAILING_WORKER
 
     async def test_chat(self) -> None:
         response, body = await self.post_json("/v1/chat/completions", CHAT)
@@ -1157,9 +1184,7 @@ class HalfStreamWorkerTests(GatewayTestCase):
     A worker that fails in the middle of a stream.
     """
 
-    def setUp(self) -> Any:
-        self.worker_command = write_worker(self, HALF_STREAM_WORKER)
-        return super().setUp()
+    handlers = HALF_STREAM_WORKER
 
     async def test_chat_stream(self) -> None:
         """
@@ -1203,10 +1228,10 @@ class HalfStreamWorkerTests(GatewayTestCase):
         self.assertEqual(payloads[-2]["response"]["status"], "failed")
 
 
-class LegacyWorkerTests(GatewayTestCase):
+class LegacyWorkerTests(RealGatewayTestCase):
     """
     A v0.2 worker (C{hfendpoint.run(dict)}, C{handler(data, send_chunk)})
-    serves chat end to end.
+    serves chat end to end, as a real process on a real socket.
     """
 
     def setUp(self) -> Any:
@@ -1237,24 +1262,6 @@ class LegacyWorkerTests(GatewayTestCase):
         self.assertEqual(body["output_text"], "legacy says old")
 
 
-DYING_WORKER = """
-import asyncio
-import os
-import hfendpoint
-
-
-@hfendpoint.handler("chat_completions")
-async def chat_completions(data):
-    said = data["messages"][-1]["content"]
-    if said == "die":
-        os._exit(3)
-    yield {"content": "alive: " + said, "finish_reason": "stop"}
-
-
-asyncio.run(hfendpoint.run())
-"""
-
-
 class DyingWorkerTests(GatewayTestCase):
     """
     A worker that dies while serving a request: that request fails with
@@ -1262,12 +1269,19 @@ class DyingWorkerTests(GatewayTestCase):
     again.
     """
 
-    def setUp(self) -> Any:
+    def setUp(self) -> None:
         # Collect garbage at the very end, so that an error left unhandled
         # in a Deferred is reported against this test and not a later one.
         self.addCleanup(gc.collect)
-        self.worker_command = write_worker(self, DYING_WORKER)
-        return super().setUp()
+        self.handlers = {"chat_completions": self.chat_completions}
+        super().setUp()
+
+    def chat_completions(self, data: Any) -> Any:
+        said = data["messages"][-1]["content"]
+        if said == "die":
+            self.memory.spawner.processes[-1].exit("exited with status 3")
+            return []
+        return {"content": "alive: " + said, "finish_reason": "stop"}
 
     async def test_chat(self) -> None:
         response, body = await self.post_json(
@@ -1277,39 +1291,23 @@ class DyingWorkerTests(GatewayTestCase):
         self.assertError(response, body, response.code, type="api_error")
         response, body = await self.get("/health")
         self.assertEqual((response.code, body), (200, b""))
-        await self.gateway.whenReady()
+        ready = self.gateway.whenReady()
+        self.assertNoResult(ready)
+        # The restart waits out its back-off.
+        self.memory.advance(self.gateway.worker.min_delay)
+        self.successResultOf(ready)
         response, body = await self.post_json("/v1/chat/completions", CHAT)
         self.assertEqual(response.code, 200, body)
         self.assertEqual(body["choices"][0]["message"]["content"], "alive: hi there")
         self.assertEqual(self.gateway.worker.restarts, 1)
 
 
-# A worker as the original library's users wrote them before our handshake
-# existed: MessagePack by hand, unknown names ignored (as the v0.2 library
-# does), so it never answers hfendpoint.describe.
-RAW_WORKER = """
-import os
-import socket
-import sys
-
-import msgpack
-
-sock = socket.socket(fileno=int(os.environ["HFENDPOINT_FD"]))
-unpacker = msgpack.Unpacker(raw=False)
-while True:
-    data = sock.recv(65536)
-    if not data:
-        break
-    unpacker.feed(data)
-    for message in unpacker:
-        if message.get("name") != "chat_completions":
-            print("ignoring", message.get("name"), file=sys.stderr, flush=True)
-            continue
-        said = message["data"]["messages"][-1]["content"]
-        for content, reason in (("raw:", None), (" " + said, None), (None, "stop")):
-            reply = {"id": message["id"], "data": {"content": content, "finish_reason": reason}}
-            sock.sendall(msgpack.packb(reply, use_bin_type=True))
-"""
+def raw_chat(data: Any) -> Any:
+    said = data["messages"][-1]["content"]
+    return [
+        {"content": content, "finish_reason": reason}
+        for content, reason in (("raw:", None), (" " + said, None), (None, "stop"))
+    ]
 
 
 class RawWorkerTests(GatewayTestCase):
@@ -1319,11 +1317,20 @@ class RawWorkerTests(GatewayTestCase):
     the handshake.
     """
 
+    # A worker as the original library's users wrote them before our
+    # handshake existed: unknown names ignored, as the v0.2 library does,
+    # so it never answers hfendpoint.describe.
     gateway_options = {"startup_grace": 0.2}
+    handlers = {"chat_completions": raw_chat}
+    worker_options = {"handshake": "ignore"}
 
-    def setUp(self) -> Any:
-        self.worker_command = write_worker(self, RAW_WORKER)
-        return super().setUp()
+    def setUp(self) -> None:
+        self.memory = start_memory_gateway(
+            self, self.handlers, worker=self.worker_options, wait_ready=False, **self.gateway_options
+        )
+        self.url, self.gateway, self.http = self.memory.url, self.memory.service, self.memory.http
+        self.memory.advance(0.2)
+        self.successResultOf(self.gateway.whenReady())
 
     async def test_chat(self) -> None:
         response, body = await self.post_json("/v1/chat/completions", CHAT)
@@ -1351,16 +1358,18 @@ class RawWorkerTests(GatewayTestCase):
         (after the start-up grace, long here), the readiness probe says
         503, while liveness is fine.
         """
-        url, gateway = await start_gateway(
-            self, self.worker_command, wait_ready=False, startup_grace=60.0
+        memory = start_memory_gateway(
+            self, self.handlers, worker=self.worker_options, wait_ready=False, startup_grace=60.0
         )
-        http = http_client(self)
-        response = await http.get(url + "/ready")
+        memory.advance(59)
+        response = await memory.http.get(memory.url + "/ready")
         body = await response.content()
         self.assertError(response, body, 503, type="api_error")
-        response = await http.get(url + "/health")
+        response = await memory.http.get(memory.url + "/health")
         self.assertEqual(response.code, 200)
-        self.assertFalse(gateway.worker.ready)
+        self.assertFalse(memory.service.worker.ready)
+        memory.advance(1)
+        self.assertTrue(memory.service.worker.ready)
 
     async def test_models(self) -> None:
         """
@@ -1413,32 +1422,6 @@ class ImageCapacityTests(GatewayTestCase):
         self.assertEqual((response.code, png), (200, expected["second"]))
 
 
-ENDLESS_WORKER = """
-import asyncio
-import hfendpoint
-
-cancelled = asyncio.Event()
-
-
-@hfendpoint.handler("chat_completions")
-async def chat_completions(data):
-    said = data["messages"][-1]["content"]
-    if said == "wait for the cancel":
-        await cancelled.wait()
-        yield {"content": "the stream was cancelled", "finish_reason": "stop"}
-        return
-    try:
-        while True:
-            yield {"content": "more ", "finish_reason": None}
-            await asyncio.sleep(0.01)
-    finally:
-        cancelled.set()
-
-
-asyncio.run(hfendpoint.run())
-"""
-
-
 class CancelTests(GatewayTestCase):
     """
     A client that goes away in the middle of a stream stops the worker's
@@ -1446,10 +1429,8 @@ class CancelTests(GatewayTestCase):
     """
 
     timeout = 15
-
-    def setUp(self) -> Any:
-        self.worker_command = write_worker(self, ENDLESS_WORKER)
-        return super().setUp()
+    # The worker answers by hand.
+    handlers = {"chat_completions": lambda data: None}
 
     async def test_stream_client_gone(self) -> None:
         from twisted.internet.defer import Deferred
@@ -1467,39 +1448,31 @@ class CancelTests(GatewayTestCase):
             def connectionLost(self, reason: Any) -> None:
                 lost.callback(None)
 
-        response = await self.http.post(
-            self.url + "/v1/chat/completions", json=dict(CHAT, stream=True)
-        )
+        worker = self.memory.worker
+        answered = self.http.post(self.url + "/v1/chat/completions", json=dict(CHAT, stream=True))
+        [call] = worker.pending.values()
+        for _ in range(3):
+            call.reply({"content": "more ", "finish_reason": None})
+        self.memory.flush()
+        response = self.successResultOf(answered)
         self.assertEqual(response.code, 200)
         response.deliverBody(HangUp())
-        data = await first
+        data = self.successResultOf(first)
         self.assertIn(b"more ", data)
-        await lost
-        # This answer comes only once the worker saw the stream cancelled
-        # (or the test times out).
-        response, body = await self.post_json(
-            "/v1/chat/completions",
-            dict(CHAT, messages=[{"role": "user", "content": "wait for the cancel"}]),
-        )
-        self.assertEqual(response.code, 200, body)
-        self.assertEqual(body["choices"][0]["message"]["content"], "the stream was cancelled")
+        self.memory.flush()
+        self.successResultOf(lost)
+        # The worker was told to stop the stream.
+        self.assertEqual(worker.cancelled, [call.ident])
+        self.assertEqual(worker.pending, {})
 
 
 # A worker that tells what it received: the chat reply is the request data
 # as JSON; an "image" is the PNG signature and then the request data as
 # JSON (the gateway passes a worker's PNG bytes through untouched); a text
 # tokenizes to [1000 + its length], and an embedding is its token ids.
-ECHO_WORKER = """
-import asyncio
-import hashlib
-import json
-
-import hfendpoint
-
-PNG_SIGNATURE = b"\\x89PNG\\r\\n\\x1a\\n"
 
 
-def describe(data):
+def described(data: dict) -> dict:
     out = {}
     for key, value in data.items():
         if isinstance(value, bytes):
@@ -1508,31 +1481,23 @@ def describe(data):
     return out
 
 
-@hfendpoint.handler("chat_completions")
-def chat_completions(data):
-    return {"content": json.dumps(data, sort_keys=True), "finish_reason": "stop"}
-
-
-@hfendpoint.handler("tokenize")
-def tokenize(data):
-    return {"tokens": [[1000 + len(text)] for text in data["input"]]}
-
-
-@hfendpoint.handler("embeddings")
-def embeddings(data):
-    return {"embeddings": [[float(t) for t in tokens] for tokens in data["input"]]}
-
-
-async def images(data):
+def echo_images(data: dict) -> Any:
     for index in range(data["n"]):
-        yield {"png": PNG_SIGNATURE + json.dumps(dict(describe(data), index=index)).encode()}
+        yield {"png": PNG_SIGNATURE + json.dumps(dict(described(data), index=index)).encode()}
 
 
-hfendpoint.handler("images_generations")(images)
-hfendpoint.handler("images_editions")(images)
-
-asyncio.run(hfendpoint.run())
-"""
+ECHO_WORKER = {
+    "chat_completions": lambda data: {
+        "content": json.dumps(data, sort_keys=True),
+        "finish_reason": "stop",
+    },
+    "tokenize": lambda data: {"tokens": [[1000 + len(text)] for text in data["input"]]},
+    "embeddings": lambda data: {
+        "embeddings": [[float(t) for t in tokens] for tokens in data["input"]]
+    },
+    "images_generations": echo_images,
+    "images_editions": echo_images,
+}
 
 
 class WorkerDataTests(GatewayTestCase):
@@ -1541,9 +1506,7 @@ class WorkerDataTests(GatewayTestCase):
     the original's calls, seen by a worker that echoes it back.
     """
 
-    def setUp(self) -> Any:
-        self.worker_command = write_worker(self, ECHO_WORKER)
-        return super().setUp()
+    handlers = ECHO_WORKER
 
     async def chat_data(self, path: str, body: dict) -> dict:
         response, result = await self.post_json(path, body)

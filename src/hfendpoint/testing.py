@@ -259,7 +259,8 @@ class MemoryAgent:
 
     def request(self, method: bytes, uri: bytes, headers: Any = None, bodyProducer: Any = None) -> Deferred:
         d = self._agent.request(method, uri, headers, bodyProducer)
-        self._gateway.flush()
+        if self._gateway.autoflush:
+            self._gateway.flush()
         return d
 
 
@@ -270,21 +271,27 @@ class MemoryGateway:
     that speak the real protocol over in-memory transports: no process, no
     socket, and time moves only when the test advances L{reactor}.
 
-    @param handlers: the workers' calls (L{MemoryWorker}); by default the
-        demo worker's (L{demo_handlers}), under its model name.
+    @param handlers: the workers' calls (L{MemoryWorker}), or a function
+        of a worker's extra environment (C{HFENDPOINT_WORKER_INDEX}, ...)
+        returning them; by default the demo worker's (L{demo_handlers}),
+        under its model name.
     @param worker: more keyword arguments for each L{MemoryWorker}
         (C{handshake}, C{loading}, ...).
     @param options: the fields of the service's L{GatewayConfig}.
     @ivar service: the L{GatewayService}.
     @ivar spawner: the L{MemoryWorkerSpawner} that started the workers.
     @ivar http: a treq C{HTTPClient} on L{MemoryAgent}.
+    @ivar autoflush: whether each request is served as far as it can be
+        before the client's call returns; false to send several at once
+        (then L{flush}).
     """
 
     url = "http://gateway.test"
+    autoflush = True
 
     def __init__(
         self,
-        handlers: Optional[dict[str, Callable[[Any], Any]]] = None,
+        handlers: Any = None,
         *,
         reactor: Optional[MemoryReactorClock] = None,
         worker: Optional[dict[str, Any]] = None,
@@ -298,8 +305,12 @@ class MemoryGateway:
         if handlers is None:
             handlers = demo_handlers()
             worker_options.setdefault("model", "hfendpoint-demo")
-        worker_options["handlers"] = handlers
-        self.spawner = MemoryWorkerSpawner(self.reactor, lambda argv, env: dict(worker_options))
+
+        def make_worker(argv: list[str], env: Optional[dict]) -> dict:
+            calls = handlers(env or {}) if callable(handlers) else handlers
+            return dict(worker_options, handlers=calls)
+
+        self.spawner = MemoryWorkerSpawner(self.reactor, make_worker)
         self.pumps: list[iosim.IOPump] = []
         options.setdefault("listen", ["tcp:80"])
         options.setdefault("access_log", False)
