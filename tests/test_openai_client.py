@@ -31,7 +31,6 @@ from .gateway import (
 from .test_integration import (
     DEMO_DIMENSION,
     DEMO_MODEL,
-    HALF_STREAM_WORKER,
     LEGACY_WORKER,
     REPLY,
     REPLY_CHUNKS,
@@ -39,6 +38,20 @@ from .test_integration import (
 )
 
 MESSAGES = [{"role": "user", "content": SAID}]
+
+HALF_STREAM_WORKER = """
+import asyncio
+import hfendpoint
+
+
+@hfendpoint.handler("chat_completions")
+async def chat_completions(data):
+    yield {"content": "partial", "finish_reason": None}
+    raise RuntimeError("lost the thread")
+
+
+asyncio.run(hfendpoint.run())
+"""
 
 FAILING_CHAT_WORKER = """
 import asyncio

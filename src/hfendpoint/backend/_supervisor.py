@@ -55,6 +55,12 @@ class WorkerService(Service):
     @ivar max_restarts: how many restarts in a row (without a worker that
         stayed up for C{stable_after} seconds) before giving up; C{None}
         for no limit.
+
+    @param spawner: the L{IWorkerSpawner} that starts each worker: a real
+        process (L{ProcessSpawner}, the default) or, in tests, a worker in
+        memory; the supervisor's logic is the same for both.
+    @param flusher: the L{TurnFlusher} the worker's protocol coalesces its
+        writes with, if any.
     """
 
     _log = Logger()
