@@ -28,14 +28,8 @@ from .gateway import (
     tiny_png,
     write_worker,
 )
-from .test_integration import (
-    DEMO_DIMENSION,
-    DEMO_MODEL,
-    LEGACY_WORKER,
-    REPLY,
-    REPLY_CHUNKS,
-    SAID,
-)
+from .integration import DEMO_DIMENSION, DEMO_MODEL, REPLY, REPLY_CHUNKS, SAID
+from .test_integration_workers import LEGACY_WORKER
 
 MESSAGES = [{"role": "user", "content": SAID}]
 
