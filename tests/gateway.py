@@ -1,6 +1,7 @@
 """
-Support for integration tests: a real L{GatewayService} on loopback with a
-real worker process behind it, HTTP clients that leave the reactor clean,
+Support for integration tests: the whole gateway in memory
+(L{start_memory_gateway}, on L{hfendpoint.testing.MemoryGateway}), or a
+real L{GatewayService} on loopback with a real worker process behind it, HTTP clients that leave the reactor clean,
 the official C{openai} client run in a thread, and small worker scripts
 written to a temporary directory.
 
@@ -35,10 +36,13 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from hfendpoint.service import GatewayConfig, GatewayService
+from hfendpoint.testing import MemoryGateway
+from hfendpoint.web import _sse
 
 __all__ = [
     "PNG_SIGNATURE",
     "start_gateway",
+    "start_memory_gateway",
     "http_client",
     "openai_client",
     "in_thread",
@@ -88,6 +92,83 @@ def start_gateway(
         yield gateway.whenReady()
     port = gateway.ports[0].getHost().port
     returnValue((f"http://127.0.0.1:{port}", gateway))
+
+
+def start_memory_gateway(
+    testCase: TestCase,
+    handlers: Optional[dict[str, Callable[[Any], Any]]] = None,
+    wait_ready: bool = True,
+    **kwargs: Any,
+) -> MemoryGateway:
+    """
+    Start the whole gateway in memory (L{MemoryGateway}: the demo worker's
+    calls unless C{handlers} are given), stopped at the end of the test.
+
+    @param kwargs: keyword arguments for L{MemoryGateway} (C{worker}) and
+        for L{GatewayService}.
+    """
+    memory = MemoryGateway(handlers, **kwargs)
+    if hasattr(_sse, "flusher_for"):
+        # Until the service hands its flusher down to the event streams,
+        # they find theirs by reactor, and the global reactor by default.
+        from hfendpoint.web import _coalescing
+
+        testCase.patch(_sse, "flusher_for", lambda clock: _coalescing.flusher_for(memory.reactor))
+    memory.start()
+    testCase.addCleanup(_stop_memory_gateway, testCase, memory)
+    if wait_ready:
+        testCase.successResultOf(memory.service.whenReady())
+    memory.http = _MultipartClient(memory.http)
+    return memory
+
+
+def _stop_memory_gateway(testCase: TestCase, memory: MemoryGateway) -> None:
+    """
+    Stop the gateway, letting time pass for what waits on it (a drain, a
+    stubborn worker), and check that it stopped.
+    """
+    stopped = memory.stop()
+    for _ in range(100):
+        if stopped.called:
+            break
+        memory.advance(1.0)
+    testCase.successResultOf(stopped)
+
+
+class _MultipartClient:
+    """
+    A treq client that writes C{files=} bodies itself: treq's multipart
+    producer writes on the global reactor, which a gateway in memory does
+    not run.
+    """
+
+    def __init__(self, client: HTTPClient) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def post(self, url: str, data: Any = None, files: Any = None, **kwargs: Any) -> Deferred:
+        if files is None:
+            return self._client.post(url, data=data, **kwargs)
+        boundary = "memory-boundary-7d3f"
+        parts = []
+        for name, value in sorted((data or {}).items()):
+            parts.append(
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
+                + str(value).encode()
+                + b"\r\n"
+            )
+        for name, (filename, ctype, content) in files.items():
+            parts.append(
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+                f'filename="{filename}"\r\nContent-Type: {ctype}\r\n\r\n'.encode()
+                + content
+                + b"\r\n"
+            )
+        body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+        headers = {b"content-type": [f"multipart/form-data; boundary={boundary}".encode()]}
+        return self._client.post(url, data=body, headers=headers, **kwargs)
 
 
 def http_client(testCase: TestCase, reactor: Any = None) -> HTTPClient:

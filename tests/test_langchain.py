@@ -19,7 +19,7 @@ from langchain_openai import ChatOpenAI, OpenAIEmbeddings
 from twisted.trial.unittest import TestCase
 
 from .gateway import demo_embedding, demo_tokens, in_thread, start_gateway
-from .test_integration import DEMO_DIMENSION, DEMO_MODEL, REPLY, REPLY_CHUNKS, SAID
+from .integration import DEMO_DIMENSION, DEMO_MODEL, REPLY, REPLY_CHUNKS, SAID
 
 
 class LangChainTestCase(TestCase):

@@ -28,17 +28,24 @@ from .gateway import (
     tiny_png,
     write_worker,
 )
-from .test_integration import (
-    DEMO_DIMENSION,
-    DEMO_MODEL,
-    HALF_STREAM_WORKER,
-    LEGACY_WORKER,
-    REPLY,
-    REPLY_CHUNKS,
-    SAID,
-)
+from .integration import DEMO_DIMENSION, DEMO_MODEL, REPLY, REPLY_CHUNKS, SAID
+from .test_integration_workers import LEGACY_WORKER
 
 MESSAGES = [{"role": "user", "content": SAID}]
+
+HALF_STREAM_WORKER = """
+import asyncio
+import hfendpoint
+
+
+@hfendpoint.handler("chat_completions")
+async def chat_completions(data):
+    yield {"content": "partial", "finish_reason": None}
+    raise RuntimeError("lost the thread")
+
+
+asyncio.run(hfendpoint.run())
+"""
 
 FAILING_CHAT_WORKER = """
 import asyncio

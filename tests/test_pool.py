@@ -3,14 +3,11 @@ A pool of workers: least-busy dispatch, and a dead member failing alone.
 """
 
 import json
-import os
-import signal
 
 import msgpack
-from twisted.internet.defer import gatherResults
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from hfendpoint.backend._client import WorkerClient
@@ -19,8 +16,7 @@ from hfendpoint.interfaces import IWorkerClient
 from hfendpoint.backend._pool import WorkerPool
 from hfendpoint.backend._protocol import WorkerProtocol
 
-from .gateway import http_client, start_gateway, write_worker
-from .test_reliability import LineWatcher
+from .gateway import start_memory_gateway
 
 
 class Member:
@@ -80,50 +76,51 @@ class PoolTests(SynchronousTestCase):
         self.assertEqual(error.status, 503)
 
 
-INDEX_WORKER = """
-import asyncio, os, sys
-import hfendpoint
+class PoolGatewayTests(SynchronousTestCase):
+    """
+    Three workers in memory behind one gateway.
+    """
 
-INDEX = os.environ["HFENDPOINT_WORKER_INDEX"]
+    def test_least_busy_dispatch_and_a_dead_member(self):
+        holding = []
 
-@hfendpoint.handler("chat_completions")
-async def chat(data):
-    yield {"content": INDEX + "/" + os.environ["HFENDPOINT_WORKERS"], "finish_reason": None}
-    if data["messages"][-1]["content"] == "hold":
-        print("holding", INDEX, file=sys.stderr, flush=True)
-        await asyncio.Event().wait()
-    yield {"content": "", "finish_reason": "stop"}
+        def worker(env):
+            index, total = env["HFENDPOINT_WORKER_INDEX"], env["HFENDPOINT_WORKERS"]
 
-asyncio.run(hfendpoint.run())
-"""
+            def chat(data):
+                if data["messages"][-1]["content"] == "hold":
+                    holding.append(index)
+                    return None
+                return [
+                    {"content": f"{index}/{total}", "finish_reason": None},
+                    {"content": "", "finish_reason": "stop"},
+                ]
+
+            return {"chat_completions": chat}
+
+        memory = start_memory_gateway(self, worker, workers=3, drain_timeout=0)
+        gateway, http, url = memory.service, memory.http, memory.url
+        processes = memory.spawner.processes
+        self.assertEqual(len({p.pid for p in processes}), 3)
+        held = [http.post(url + "/v1/chat/completions", data=chat_body("hold")) for _ in range(3)]
+        # Least busy first: each held call went to a different worker.
+        self.assertEqual(sorted(holding), ["0", "1", "2"])
+        processes[1].exit("was killed by SIGKILL")
+        memory.flush()
+        failed = self.successResultOf(held[1])
+        self.assertEqual(failed.code, 502)
+        self.successResultOf(failed.content())
+        self.assertEqual(gateway.client.pending_count(), 2)
+        response = self.successResultOf(http.post(url + "/v1/chat/completions", data=chat_body("hi")))
+        body = json.loads(self.successResultOf(response.content()))
+        self.assertIn(body["choices"][0]["message"]["content"], ("0/3", "2/3"))
+        ready = gateway.workers[1].whenReady()
+        memory.advance(gateway.workers[1].min_delay)
+        self.successResultOf(ready)
+        self.assertEqual(len(processes), 4)
+        response = self.successResultOf(http.post(url + "/v1/chat/completions", data=chat_body("hi")))
+        self.assertEqual(json.loads(self.successResultOf(response.content()))["choices"][0]["message"]["content"], "1/3")
 
 
 def chat_body(text):
     return json.dumps({"messages": [{"role": "user", "content": text}]}).encode()
-
-
-class PoolGatewayTests(TestCase):
-    async def test_least_busy_dispatch_and_a_dead_member(self):
-        watcher = LineWatcher(self)
-        url, gateway = await start_gateway(
-            self, write_worker(self, INDEX_WORKER), workers=3, drain_timeout=0
-        )
-        self.assertEqual(len({w._worker.pid for w in gateway.workers}), 3)
-        http = http_client(self)
-        held = []
-        for expected in range(3):
-            held.append(http.post(url + "/v1/chat/completions", data=chat_body("hold")))
-            await watcher.wait_for("holding", expected + 1)
-        # Least busy first: each held call went to a different worker.
-        self.assertEqual(sorted(line.split()[1] for line in watcher.lines if line.startswith("holding")), ["0", "1", "2"])
-        os.kill(gateway.workers[1]._worker.pid, signal.SIGKILL)
-        failed = await gatherResults(held[1:2])
-        self.assertEqual(failed[0].code, 502)
-        await failed[0].content()
-        self.assertEqual(gateway.client.pending_count(), 2)
-        response = await http.post(url + "/v1/chat/completions", data=chat_body("hi"))
-        body = json.loads(await response.content())
-        self.assertIn(body["choices"][0]["message"]["content"], ("0/3", "2/3"))
-        await gateway.workers[1].whenReady()
-        response = await http.post(url + "/v1/chat/completions", data=chat_body("hi"))
-        self.assertEqual(json.loads(await response.content())["choices"][0]["message"]["content"], "1/3")

@@ -1,6 +1,9 @@
 """
 The gateway against workers that crash, break the protocol, stall, or
-lose their clients: real gateway, real worker processes, loopback.
+lose their clients: in memory (L{MemoryFaultTests}), and with a real
+gateway and real worker processes on loopback where a real process or a
+real socket is the point (kill -9, a stubborn worker and its children, a
+client that stops reading).
 """
 
 import json
@@ -14,9 +17,9 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from .gateway import http_client, start_gateway, write_worker
+from .gateway import http_client, start_gateway, start_memory_gateway, write_worker
 from .openapi import validate
 
 # A worker on our SDK whose chat streams one token and then waits until
@@ -121,27 +124,6 @@ async def _open_stream(port, text):
     return client
 
 
-class DisconnectTests(TestCase):
-    async def test_clients_leaving_mid_stream_cancel_on_the_worker(self):
-        watcher = LineWatcher(self)
-        url, gateway = await start_gateway(self, write_worker(self, STALLING_WORKER))
-        port = gateway.ports[0].getHost().port
-        clients = await gatherResults([open_stream(port, f"s{i}") for i in range(20)])
-        self.assertEqual(gateway.client.pending_count(), 20)
-        for client in clients:
-            client.transport.abortConnection()
-        await gatherResults([c.closed for c in clients])
-        await watcher.wait_for("cancelled", 20)
-
-        self.assertEqual(sorted(line.split()[1] for line in watcher.lines if line.startswith("cancelled")),
-                         sorted(f"s{i}" for i in range(20)))
-        self.assertEqual(gateway.client.pending_count(), 0)
-        # The gateway still serves.
-        response = await http_client(self).post(url + "/v1/chat/completions", data=chat_body("quick"))
-        self.assertEqual(response.code, 200)
-        await response.content()
-
-
 class CrashTests(TestCase):
     async def test_kill_9_with_requests_in_flight(self):
         watcher = LineWatcher(self)
@@ -183,92 +165,6 @@ class CrashTests(TestCase):
             body = json.loads(await response.content())
             self.assertEqual(body["choices"][0]["message"]["content"], "done")
 
-    async def test_garbage_from_the_worker(self):
-        worker = write_worker(
-            self,
-            """
-            import asyncio, os, sys
-            import hfendpoint
-
-            @hfendpoint.handler("chat_completions")
-            async def chat(data):
-                if data["messages"][-1]["content"] == "garbage":
-                    os.write(int(os.environ["HFENDPOINT_FD"]), b"\\xc1\\xc1\\xc1")
-                    await asyncio.Event().wait()
-                yield {"content": "fine", "finish_reason": "stop"}
-
-            asyncio.run(hfendpoint.run())
-            """,
-        )
-        url, gateway = await start_gateway(self, worker)
-        http = http_client(self)
-        response = await http.post(url + "/v1/chat/completions", data=chat_body("garbage"))
-        self.assertEqual(response.code, 502)
-        body = json.loads(await response.content())
-        self.assertIn("malformed", body["error"]["message"])
-        await gateway.whenReady()
-        response = await http.post(url + "/v1/chat/completions", data=chat_body("hello"))
-        self.assertEqual(response.code, 200)
-        self.assertEqual(json.loads(await response.content())["choices"][0]["message"]["content"], "fine")
-
-    async def test_unknown_ids_and_huge_messages(self):
-        worker = write_worker(
-            self,
-            """
-            import asyncio, os
-            import msgpack
-            import hfendpoint
-
-            fd = int(os.environ["HFENDPOINT_FD"])
-
-            @hfendpoint.handler("chat_completions")
-            async def chat(data):
-                text = data["messages"][-1]["content"]
-                if text == "stray":
-                    os.write(fd, msgpack.packb({"id": 999999, "data": {"content": "nobody"}}))
-                if text == "huge":
-                    yield {"content": "x" * (2 * 1024 * 1024), "finish_reason": "stop"}
-                    return
-                yield {"content": "ok", "finish_reason": "stop"}
-
-            asyncio.run(hfendpoint.run())
-            """,
-        )
-        url, gateway = await start_gateway(self, worker, max_worker_message_size=1024 * 1024)
-        http = http_client(self)
-        response = await http.post(url + "/v1/chat/completions", data=chat_body("stray"))
-        self.assertEqual(response.code, 200)
-        self.assertEqual(json.loads(await response.content())["choices"][0]["message"]["content"], "ok")
-        response = await http.post(url + "/v1/chat/completions", data=chat_body("huge"))
-        self.assertEqual(response.code, 502)
-        self.assertIn("exceeds", json.loads(await response.content())["error"]["message"])
-        await gateway.whenReady()
-        response = await http.post(url + "/v1/chat/completions", data=chat_body("after"))
-        self.assertEqual(response.code, 200)
-        await response.content()
-
-    async def test_worker_that_never_replies(self):
-        worker = write_worker(
-            self,
-            """
-            import asyncio
-            import hfendpoint
-
-            @hfendpoint.handler("chat_completions")
-            async def chat(data):
-                await asyncio.Event().wait()
-
-            asyncio.run(hfendpoint.run())
-            """,
-        )
-        url, gateway = await start_gateway(self, worker, reply_timeout=0.5)
-        response = await http_client(self).post(url + "/v1/chat/completions", data=chat_body("x"))
-        self.assertEqual(response.code, 504)
-        body = json.loads(await response.content())
-        validate("ErrorResponse", body)
-        self.assertEqual(body["error"]["code"], "timeout")
-        self.assertEqual(gateway.client.pending_count(), 0)
-
 
 class StopTests(TestCase):
     async def test_stubborn_worker_and_its_children_are_killed(self):
@@ -283,7 +179,10 @@ class StopTests(TestCase):
             """,
         )
         watcher = LineWatcher(self)
-        url, gateway = await start_gateway(self, worker, stop_timeout=0.2, startup_grace=0.1)
+        # The worker never reads its socket, so it never becomes ready.
+        url, gateway = await start_gateway(
+            self, worker, stop_timeout=0.2, startup_grace=0.1, wait_ready=False
+        )
         await watcher.wait_for("child")
         child = int(watcher.lines[-1].split()[1])
         pid = gateway.worker._worker.pid
@@ -353,3 +252,134 @@ class SlowClientTests(TestCase):
         slow.transport.resumeProducing()
         await slow.closed
         self.assertFalse(slow.received.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n"))
+
+
+class HangUp(Protocol):
+    """
+    A response body reader that drops the connection at the first bytes.
+    """
+
+    def __init__(self):
+        self.first = Deferred()
+        self.lost = Deferred()
+
+    def dataReceived(self, data):
+        if not self.first.called:
+            self.first.callback(data)
+            self.transport.stopProducing()
+
+    def connectionLost(self, reason):
+        self.lost.callback(None)
+
+
+class MemoryFaultTests(SynchronousTestCase):
+    """
+    The whole gateway in memory against a worker that stalls, breaks the
+    protocol, sends strays or never replies.
+    """
+
+    def start(self, handlers, **options):
+        self.memory = start_memory_gateway(self, handlers, **options)
+        return self.memory
+
+    def post(self, text, stream=False):
+        response = self.successResultOf(
+            self.memory.http.post(self.memory.url + "/v1/chat/completions", data=chat_body(text, stream))
+        )
+        return response, self.successResultOf(response.content())
+
+    def test_clients_leaving_mid_stream_cancel_on_the_worker(self):
+        def chat(data):
+            if data["messages"][-1]["content"] == "quick":
+                return {"content": "done", "finish_reason": "stop"}
+            return None
+
+        memory = self.start({"chat_completions": chat})
+        gateway, worker = memory.service, memory.worker
+        memory.autoflush = False
+        answers = [
+            memory.http.post(memory.url + "/v1/chat/completions", data=chat_body(f"s{i}", stream=True))
+            for i in range(20)
+        ]
+        memory.flush()
+        memory.autoflush = True
+        self.assertEqual(gateway.client.pending_count(), 20)
+        calls = list(worker.pending.values())
+        for call in calls:
+            call.reply({"content": "first", "finish_reason": None})
+        memory.flush()
+        readers = []
+        for answer in answers:
+            response = self.successResultOf(answer)
+            self.assertEqual(response.code, 200)
+            reader = HangUp()
+            response.deliverBody(reader)
+            self.assertIn(b"first", self.successResultOf(reader.first))
+            readers.append(reader)
+        memory.flush()
+        for reader in readers:
+            self.successResultOf(reader.lost)
+        self.assertEqual(sorted(worker.cancelled), sorted(call.ident for call in calls))
+        self.assertEqual(
+            sorted(call.data["messages"][-1]["content"] for call in calls), sorted(f"s{i}" for i in range(20))
+        )
+        self.assertEqual(worker.pending, {})
+        self.assertEqual(gateway.client.pending_count(), 0)
+        # The gateway still serves.
+        response, _ = self.post("quick")
+        self.assertEqual(response.code, 200)
+
+    def test_garbage_from_the_worker(self):
+        def chat(data):
+            if data["messages"][-1]["content"] == "garbage":
+                self.memory.worker.transport.write(b"\xc1\xc1\xc1")
+                return None
+            return {"content": "fine", "finish_reason": "stop"}
+
+        memory = self.start({"chat_completions": chat})
+        response, body = self.post("garbage")
+        self.assertEqual(response.code, 502)
+        self.assertIn("malformed", json.loads(body)["error"]["message"])
+        ready = memory.service.whenReady()
+        memory.advance(memory.service.worker.min_delay)
+        self.successResultOf(ready)
+        self.assertEqual(len(memory.spawner.processes), 2)
+        response, body = self.post("hello")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(json.loads(body)["choices"][0]["message"]["content"], "fine")
+
+    def test_unknown_ids_and_huge_messages(self):
+        def chat(data):
+            text = data["messages"][-1]["content"]
+            if text == "stray":
+                self.memory.worker.send({"id": 999999, "data": {"content": "nobody"}})
+            if text == "huge":
+                return {"content": "x" * (2 * 1024 * 1024), "finish_reason": "stop"}
+            return {"content": "ok", "finish_reason": "stop"}
+
+        memory = self.start({"chat_completions": chat}, max_worker_message_size=1024 * 1024)
+        response, body = self.post("stray")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(json.loads(body)["choices"][0]["message"]["content"], "ok")
+        response, body = self.post("huge")
+        self.assertEqual(response.code, 502)
+        self.assertIn("exceeds", json.loads(body)["error"]["message"])
+        ready = memory.service.whenReady()
+        memory.advance(memory.service.worker.min_delay)
+        self.successResultOf(ready)
+        response, _ = self.post("after")
+        self.assertEqual(response.code, 200)
+
+    def test_worker_that_never_replies(self):
+        memory = self.start({"chat_completions": lambda data: None}, reply_timeout=0.5)
+        answer = memory.http.post(memory.url + "/v1/chat/completions", data=chat_body("x"))
+        self.assertNoResult(answer)
+        memory.advance(0.5)
+        response = self.successResultOf(answer)
+        self.assertEqual(response.code, 504)
+        body = json.loads(self.successResultOf(response.content()))
+        validate("ErrorResponse", body)
+        self.assertEqual(body["error"]["code"], "timeout")
+        self.assertEqual(memory.service.client.pending_count(), 0)
+        # The worker was told to stop it.
+        self.assertEqual(memory.worker.cancelled, [memory.worker.received[-2]["id"]])

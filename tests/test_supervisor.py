@@ -10,26 +10,33 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from hfendpoint.backend._client import DESCRIBE, WorkerClient
-from hfendpoint.backend._protocol import WorkerProtocol
 from hfendpoint.backend._supervisor import WorkerService, WorkerStartupError
+from hfendpoint.interfaces import IWorkerProcess, IWorkerSpawner
 
 
+@implementer(IWorkerProcess)
 class FakeWorker:
     """
     A worker process as the supervisor sees it: a socket, signals, an end.
     """
 
-    def __init__(self, client, pid):
+    def __init__(self, protocol_factory, pid):
         self.pid = pid
         self.signals = []
         self.socket_closed = False
-        self.protocol = WorkerProtocol(client)
+        self.protocol = protocol_factory.buildProtocol(None)
         self.transport = StringTransport()
         self.protocol.makeConnection(self.transport)
         self.how = None
         self._waiters = []
+        self.unread = 0
+
+    def unread_bytes(self):
+        return self.unread
 
     def requests(self):
         unpacker = msgpack.Unpacker(raw=False)
@@ -63,16 +70,22 @@ class FakeWorker:
             d.callback(how)
 
 
+@implementer(IWorkerSpawner)
 class Harness:
+    """
+    The spawner of L{FakeWorker}s, and the supervisor it serves.
+    """
+
     def __init__(self, **kwargs):
         self.clock = Clock()
         self.client = WorkerClient(self.clock)
         self.workers = []
-        self.service = WorkerService(self.clock, ["worker", "--flag"], self.client, spawner=self.spawn, **kwargs)
+        self.service = WorkerService(self.clock, ["worker", "--flag"], self.client, spawner=self, **kwargs)
 
-    def spawn(self, reactor, argv, client, **kwargs):
+    def spawn(self, argv, env, protocol_factory):
         self.argv = argv
-        worker = FakeWorker(client, pid=100 + len(self.workers))
+        self.env = env
+        worker = FakeWorker(protocol_factory, pid=100 + len(self.workers))
         self.workers.append(worker)
         return worker
 
@@ -122,6 +135,66 @@ class StartupTests(SynchronousTestCase):
         h.worker.answer_handshake({"calls": ["embeddings"], "model": "late"})
         self.assertEqual(h.client.info.model, "late")
 
+    def test_worker_that_has_not_read_the_handshake_is_not_ready(self):
+        """
+        A worker still loading its model when the grace is over has not
+        read its socket: it is not taken for an older worker, and is ready
+        when it answers.
+        """
+        h = Harness(startup_grace=2.0)
+        h.service.startService()
+        h.worker.unread = 60
+        ready = h.service.whenReady()
+        h.clock.advance(5.9)
+        self.assertNoResult(ready)
+        self.assertEqual(h.service.state, "starting")
+        h.worker.unread = 0
+        h.worker.answer_handshake({"protocol": 2, "calls": ["tokenize"], "model": "slow"})
+        self.successResultOf(ready)
+        self.assertEqual(h.client.info.model, "slow")
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_older_worker_that_reads_late_is_ready_once_it_has_read(self):
+        """
+        An older worker that reads the handshake after the grace, and never
+        answers it, is ready once it has read it.
+        """
+        h = Harness(startup_grace=2.0)
+        h.service.startService()
+        h.worker.unread = 60
+        ready = h.service.whenReady()
+        h.clock.advance(4.0)
+        self.assertNoResult(ready)
+        h.worker.unread = 0
+        h.clock.advance(0.1)
+        self.successResultOf(ready)
+        self.assertIsNone(h.client.info.calls)
+        # Only the handshake's own reply timeout is left: no more looks.
+        [timeout] = h.clock.getDelayedCalls()
+        self.assertGreater(timeout.getTime(), 200)
+
+    def test_worker_that_cannot_tell_is_ready_after_grace(self):
+        """
+        A worker whose unread bytes cannot be told is taken as an older
+        worker after the grace, as before.
+        """
+        h = Harness(startup_grace=2.0)
+        h.service.startService()
+        h.worker.unread = None
+        ready = h.service.whenReady()
+        h.clock.advance(2.0)
+        self.successResultOf(ready)
+
+    def test_stop_while_waiting_for_a_loading_worker(self):
+        h = Harness(startup_grace=2.0)
+        h.service.startService()
+        h.worker.unread = 60
+        h.clock.advance(3.0)
+        d = h.service.stopService()
+        h.worker.exit("exited with status 0")
+        self.successResultOf(d)
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
     def test_exit_during_startup_is_fatal(self):
         h = Harness()
         h.service.startService()
@@ -141,7 +214,7 @@ class StartupTests(SynchronousTestCase):
         def broken(*args, **kwargs):
             raise OSError("no such file")
 
-        h.service._spawner = broken
+        h.spawn = broken
         h.service.startService()
         self.failureResultOf(h.service.whenReady(), WorkerStartupError)
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
@@ -289,3 +362,16 @@ class StopTests(SynchronousTestCase):
         h.worker.exit("exited with status 0")
         self.successResultOf(d)
         self.assertEqual(h.clock.getDelayedCalls(), [])
+
+
+class InterfaceTests(SynchronousTestCase):
+    def test_fake_worker_and_spawner(self):
+        h = Harness()
+        h.service.startService()
+        verifyObject(IWorkerSpawner, h)
+        verifyObject(IWorkerProcess, h.worker)
+
+    def test_env_is_passed(self):
+        h = Harness(env={"A": "1"})
+        h.service.startService()
+        self.assertEqual(h.env, {"A": "1"})

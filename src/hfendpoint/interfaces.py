@@ -68,3 +68,62 @@ class IImageStore(Interface):
         """
         @return: C{True} if it was there.
         """
+
+
+class IWorkerProcess(Interface):
+    """
+    One running worker as its supervisor sees it: a socket to close, signals
+    to send, an end to wait for. A real process or an in-memory fake.
+    """
+
+    pid = Attribute("The worker's process id, for the log (a fake makes one up).")
+
+    def when_disconnected():
+        """
+        @return: a new Deferred firing once the gateway's end of the socket
+            is closed (the worker closed it or broke the protocol).
+        """
+
+    def when_ended():
+        """
+        @return: a new Deferred firing with how the worker ended, in words,
+            once it is gone and its socket closed.
+        """
+
+    def close_socket():
+        """
+        Close the gateway's end of the socket: a worker reads EOF and should
+        exit by itself.
+        """
+
+    def unread_bytes():
+        """
+        @return: how many bytes the gateway sent that the worker has not
+            read yet, or C{None} if that cannot be told. A worker that has
+            not read its handshake is still starting, not ignoring it.
+        """
+
+    def signal(name):
+        """
+        Send signal C{name} (C{"TERM"}, C{"KILL"}) to the worker and its
+        children.
+        """
+
+
+class IWorkerSpawner(Interface):
+    """
+    Starts workers, so that a supervisor can run a real process or, in
+    tests, a worker in memory, through the same code.
+    """
+
+    def spawn(argv, env, protocol_factory):
+        """
+        Start the worker C{argv} and connect its socket.
+
+        @param env: extra environment variables for the worker (C{None}
+            for none), on top of the gateway's own.
+        @param protocol_factory: an C{IProtocolFactory} whose protocol is
+            the gateway's end of the worker's socket.
+        @return: an L{IWorkerProcess}.
+        @raise Exception: if the worker cannot be started.
+        """

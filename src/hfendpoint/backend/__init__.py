@@ -8,13 +8,19 @@ embeddings).
 from hfendpoint.backend._batching import EmbeddingBatcher
 from hfendpoint.backend._client import WorkerClient, WorkerInfo
 from hfendpoint.backend._pool import WorkerPool
-from hfendpoint.backend._process import WorkerProcess, demo_worker_command, spawn_worker
+from hfendpoint.backend._process import (
+    ProcessSpawner,
+    WorkerProcess,
+    demo_worker_command,
+    spawn_worker,
+)
 from hfendpoint.backend._protocol import IMessageReceiver, ProtocolViolation, WorkerProtocol
 from hfendpoint.backend._supervisor import WorkerService, WorkerStartupError
 
 __all__ = [
     "EmbeddingBatcher",
     "IMessageReceiver",
+    "ProcessSpawner",
     "ProtocolViolation",
     "WorkerClient",
     "WorkerInfo",

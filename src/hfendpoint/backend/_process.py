@@ -12,11 +12,14 @@ in order, and so a stop reaches the worker's own children too).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
 import socket
+import struct
 import sys
+import termios
 from typing import Any, Optional, Sequence
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
@@ -24,9 +27,10 @@ from twisted.internet.error import ProcessDone, ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from hfendpoint.backend._protocol import DEFAULT_MAX_MESSAGE_SIZE, WorkerProtocolFactory
-from hfendpoint.web._coalescing import flusher_for
+from hfendpoint.interfaces import IWorkerProcess, IWorkerSpawner
 
 SOCKET_BUFFER_SIZE = 1024 * 1024
 WORKER_FD = 3
@@ -121,6 +125,7 @@ class WorkerProcessProtocol(ProcessProtocol):
             d.callback(self.how_it_ended)
 
 
+@implementer(IWorkerProcess)
 class WorkerProcess:
     """
     One running worker: its process and the gateway's end of its socket.
@@ -163,6 +168,21 @@ class WorkerProcess:
             self._socket_protocol.flush_now()
             self._connection.loseConnection()
 
+    def unread_bytes(self) -> Optional[int]:
+        """
+        On Linux, what a UNIX socket has sent stays charged to it until the
+        peer reads it, so C{TIOCOUTQ} tells whether the worker has read its
+        socket (a worker loading its model has not).
+        """
+        if self._connection is None:
+            return None
+        try:
+            handle = self._connection.getHandle()
+            raw = fcntl.ioctl(handle.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+        except (OSError, AttributeError, ValueError):
+            return None
+        return int(struct.unpack("i", raw)[0])
+
     def signal(self, name: str) -> None:
         """
         Send C{TERM} or C{KILL} to the worker's whole process group.
@@ -195,46 +215,62 @@ def exit_description(reason: Failure) -> str:
     return f"exited with status {getattr(value, 'exitCode', '?')}"
 
 
+@implementer(IWorkerSpawner)
+class ProcessSpawner:
+    """
+    Starts each worker as a real process on C{reactor}, as the original
+    gateway did (see the module's docstring).
+
+    @param reactor: an C{IReactorProcess} and C{IReactorSocket}.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def spawn(self, argv: Sequence[str], env: Optional[dict[str, str]], protocol_factory: Any) -> WorkerProcess:
+        reactor = self._reactor
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            for end in (ours, theirs):
+                end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER_SIZE)
+                end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_SIZE)
+            ours.setblocking(False)
+            environment = dict(os.environ)
+            environment.update(env or {})
+            environment["HFENDPOINT_FD"] = str(WORKER_FD)
+            protocol = WorkerProcessProtocol()
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            try:
+                transport = reactor.spawnProcess(
+                    protocol,
+                    sys.executable,
+                    [sys.executable, "-S", "-c", _TRAMPOLINE, *argv],
+                    env=environment,
+                    childFDs={0: devnull, 1: 1, 2: "r", WORKER_FD: theirs.fileno()},
+                )
+            finally:
+                os.close(devnull)
+            connection = reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, protocol_factory)
+        finally:
+            theirs.close()
+            ours.close()
+        return WorkerProcess(transport, protocol, connection)
+
+
 def spawn_worker(
     reactor: Any,
     argv: Sequence[str],
     receiver: Any,
     env: Optional[dict[str, str]] = None,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    flusher: Any = None,
 ) -> WorkerProcess:
     """
-    Start C{argv} as a worker whose socket replies go to C{receiver}.
+    Start C{argv} as a worker whose socket replies go to C{receiver}: a
+    shorthand for L{ProcessSpawner} with the gateway's own protocol.
 
     @param env: extra environment variables for the worker, on top of the
         gateway's own.
     """
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        for end in (ours, theirs):
-            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER_SIZE)
-            end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_SIZE)
-        ours.setblocking(False)
-        environment = dict(os.environ)
-        environment.update(env or {})
-        environment["HFENDPOINT_FD"] = str(WORKER_FD)
-        protocol = WorkerProcessProtocol()
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        try:
-            transport = reactor.spawnProcess(
-                protocol,
-                sys.executable,
-                [sys.executable, "-S", "-c", _TRAMPOLINE, *argv],
-                env=environment,
-                childFDs={0: devnull, 1: 1, 2: "r", WORKER_FD: theirs.fileno()},
-            )
-        finally:
-            os.close(devnull)
-        connection = reactor.adoptStreamConnection(
-            ours.fileno(),
-            socket.AF_UNIX,
-            WorkerProtocolFactory(receiver, max_message_size, flusher_for(reactor)),
-        )
-    finally:
-        theirs.close()
-        ours.close()
-    return WorkerProcess(transport, protocol, connection)
+    factory = WorkerProtocolFactory(receiver, max_message_size, flusher)
+    return ProcessSpawner(reactor).spawn(argv, env, factory)

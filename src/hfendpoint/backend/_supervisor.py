@@ -9,7 +9,7 @@ doubles while the worker keeps dying quickly.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -18,9 +18,13 @@ from twisted.python.failure import Failure
 
 from hfendpoint.errors import OpenAIError
 from hfendpoint.backend._client import DESCRIBE, PROTOCOL_VERSION, WorkerClient, WorkerInfo
-from hfendpoint.backend._process import WorkerProcess, spawn_worker
+from hfendpoint.backend._process import ProcessSpawner
+from hfendpoint.backend._protocol import DEFAULT_MAX_MESSAGE_SIZE, WorkerProtocolFactory
+from hfendpoint.interfaces import IWorkerProcess, IWorkerSpawner
 
-Spawner = Callable[..., WorkerProcess]
+#: Seconds between two looks at whether a silent worker has read the
+#: handshake yet (see L{WorkerService._no_handshake}).
+READ_POLL = 0.1
 
 #: What the gateway says of itself in the handshake. C{accepts} lists the
 #: protocol extensions it reads: embedding vectors as float32 bytes.
@@ -41,13 +45,22 @@ class WorkerService(Service):
         C{"ready"}, C{"restarting"} (waiting out the back-off), or
         C{"failed"} (gave up).
     @ivar restarts: how many times the worker was restarted.
-    @ivar startup_grace: seconds after which a worker that has not
-        answered the handshake (one that predates it) is taken as ready.
+    @ivar startup_grace: seconds after which a worker that has read the
+        handshake without answering it (one that predates it) is taken as
+        ready. A worker that has not read it yet (one still loading its
+        model before it reads its socket) is not: it is ready once it
+        answers, or once it has read the handshake and stayed silent.
     @ivar stop_timeout: seconds a stopping worker has to exit after its
         socket closes, and again after TERM, before KILL.
     @ivar max_restarts: how many restarts in a row (without a worker that
         stayed up for C{stable_after} seconds) before giving up; C{None}
         for no limit.
+
+    @param spawner: the L{IWorkerSpawner} that starts each worker: a real
+        process (L{ProcessSpawner}, the default) or, in tests, a worker in
+        memory; the supervisor's logic is the same for both.
+    @param flusher: the L{TurnFlusher} the worker's protocol coalesces its
+        writes with, if any.
     """
 
     _log = Logger()
@@ -66,7 +79,8 @@ class WorkerService(Service):
         startup_grace: float = 2.0,
         stop_timeout: float = 10.0,
         max_restarts: Optional[int] = None,
-        spawner: Spawner = spawn_worker,
+        spawner: Optional[IWorkerSpawner] = None,
+        flusher: Any = None,
     ) -> None:
         self._reactor = reactor
         self.argv = list(argv)
@@ -76,12 +90,13 @@ class WorkerService(Service):
         self.startup_grace = startup_grace
         self.stop_timeout = stop_timeout
         self.max_restarts = max_restarts
-        self._spawner = spawner
+        self._spawner = IWorkerSpawner(spawner) if spawner is not None else ProcessSpawner(reactor)
+        self._flusher = flusher
         self.state = "stopped"
         self.restarts = 0
         self._in_a_row = 0
         self._delay = self.min_delay
-        self._worker: Optional[WorkerProcess] = None
+        self._worker: Optional[IWorkerProcess] = None
         self._started_at = 0.0
         self._pending_restart: Any = None
         self._ready_timer: Any = None
@@ -153,11 +168,11 @@ class WorkerService(Service):
     def _spawn(self) -> None:
         self.state = "starting"
         self._started_at = self._reactor.seconds()
-        kwargs: dict[str, Any] = {"env": self._env}
-        if self._max_message_size is not None:
-            kwargs["max_message_size"] = self._max_message_size
+        factory = WorkerProtocolFactory(
+            self.client, self._max_message_size or DEFAULT_MAX_MESSAGE_SIZE, self._flusher
+        )
         try:
-            worker = self._spawner(self._reactor, self.argv, self.client, **kwargs)
+            worker = IWorkerProcess(self._spawner.spawn(self.argv, self._env, factory))
         except Exception as e:
             self._log.failure("Could not start the worker {argv}", argv=self.argv)
             self._give_up(f"could not start the worker: {e}")
@@ -168,7 +183,7 @@ class WorkerService(Service):
         worker.when_disconnected().addCallback(lambda _: self._socket_closed(worker))
         self._handshake(worker)
 
-    def _handshake(self, worker: WorkerProcess) -> None:
+    def _handshake(self, worker: IWorkerProcess) -> None:
         self._ready_timer = self._reactor.callLater(
             self.startup_grace, self._no_handshake, worker
         )
@@ -178,7 +193,7 @@ class WorkerService(Service):
             lambda failure: self._not_described(worker, failure),
         )
 
-    def _not_described(self, worker: WorkerProcess, failure: Failure) -> None:
+    def _not_described(self, worker: IWorkerProcess, failure: Failure) -> None:
         """
         An C{error} reply means an older worker that does not know the
         handshake and is ready; anything else (the worker died, the gateway
@@ -188,7 +203,7 @@ class WorkerService(Service):
         if isinstance(error, OpenAIError) and error.code == "worker_error":
             self._described(worker, WorkerInfo())
 
-    def _described(self, worker: WorkerProcess, info: WorkerInfo) -> None:
+    def _described(self, worker: IWorkerProcess, info: WorkerInfo) -> None:
         if worker is not self._worker:
             return
         self.client.info = info
@@ -200,15 +215,27 @@ class WorkerService(Service):
             )
         self._became_ready()
 
-    def _no_handshake(self, worker: WorkerProcess) -> None:
+    def _no_handshake(self, worker: IWorkerProcess) -> None:
+        """
+        The grace is over and the worker has not answered. If it has read
+        the handshake, it is an older worker that ignores it, and ready; if
+        it has not, it is still starting (loading a model before it reads
+        its socket): look again shortly rather than call it ready before
+        it can serve.
+        """
         self._ready_timer = None
-        if worker is self._worker and self.state == "starting":
-            self._log.info(
-                "The worker did not answer the handshake within {grace}s; "
-                "taking it as an older worker that is ready",
-                grace=self.startup_grace,
-            )
-            self._became_ready()
+        if worker is not self._worker or self.state != "starting":
+            return
+        unread = worker.unread_bytes()
+        if unread:
+            self._ready_timer = self._reactor.callLater(READ_POLL, self._no_handshake, worker)
+            return
+        self._log.info(
+            "The worker read the handshake and did not answer it within {grace}s; "
+            "taking it as an older worker that is ready",
+            grace=self.startup_grace,
+        )
+        self._became_ready()
 
     def _became_ready(self) -> None:
         self._cancel_ready_timer()
@@ -227,7 +254,7 @@ class WorkerService(Service):
 
     # Deaths and restarts
 
-    def _socket_closed(self, worker: WorkerProcess) -> None:
+    def _socket_closed(self, worker: IWorkerProcess) -> None:
         """
         A worker whose socket is gone (it broke the protocol, or closed it)
         can serve nothing more: stop it so that it can be restarted.
@@ -237,7 +264,7 @@ class WorkerService(Service):
             self.state = "restarting"
             self._stop_worker(worker)
 
-    def _worker_ended(self, worker: WorkerProcess, how: str) -> None:
+    def _worker_ended(self, worker: IWorkerProcess, how: str) -> None:
         if worker is not self._worker:
             return
         self._worker = None
@@ -290,7 +317,7 @@ class WorkerService(Service):
 
     # Stopping
 
-    def _stop_worker(self, worker: WorkerProcess) -> Deferred:
+    def _stop_worker(self, worker: IWorkerProcess) -> Deferred:
         """
         Close the socket, give the worker time to exit, then TERM, then KILL.
         """

@@ -64,11 +64,11 @@ class GatewayService(MultiService):
     _log = Logger(namespace="hfendpoint")
     stop_reactor_on_failure = False
 
-    def __init__(self, reactor: Any, config: GatewayConfig = GatewayConfig()) -> None:
+    def __init__(self, reactor: Any, config: GatewayConfig = GatewayConfig(), spawner: Any = None) -> None:
         super().__init__()
         self._reactor = reactor
         self.config = config
-        members = self._start_workers(reactor, config)
+        members = self._start_workers(reactor, config, spawner)
         workers = config.workers
         self.workers = [service for service, _ in members]
         self.worker = self.workers[0]
@@ -136,10 +136,13 @@ class GatewayService(MultiService):
             resource = MeasuredResource(resource, self.metrics, self._reactor.seconds)
         return RequestIdResource(resource)
 
-    def _start_workers(self, reactor: Any, config: GatewayConfig) -> list[tuple[WorkerService, WorkerClient]]:
+    def _start_workers(
+        self, reactor: Any, config: GatewayConfig, spawner: Any
+    ) -> list[tuple[WorkerService, WorkerClient]]:
         """
         One supervised worker process and its client per C{config.workers},
-        each told its index.
+        each told its index, started by C{spawner} (an L{IWorkerSpawner};
+        real processes by default).
         """
         command = list(config.worker_command or demo_worker_command())
         members = []
@@ -163,6 +166,8 @@ class GatewayService(MultiService):
                 startup_grace=config.startup_grace,
                 stop_timeout=config.stop_timeout,
                 max_restarts=config.max_restarts,
+                spawner=spawner,
+                flusher=flusher_for(reactor),
             )
             service.setServiceParent(self)
             members.append((service, client))
