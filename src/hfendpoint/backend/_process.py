@@ -26,7 +26,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from hfendpoint.backend._protocol import DEFAULT_MAX_MESSAGE_SIZE, WorkerProtocolFactory
-from hfendpoint.web._coalescing import flusher_for
 
 SOCKET_BUFFER_SIZE = 1024 * 1024
 WORKER_FD = 3
@@ -232,7 +231,7 @@ def spawn_worker(
         connection = reactor.adoptStreamConnection(
             ours.fileno(),
             socket.AF_UNIX,
-            WorkerProtocolFactory(receiver, max_message_size, flusher_for(reactor)),
+            WorkerProtocolFactory(receiver, max_message_size, receiver.flusher),
         )
     finally:
         theirs.close()
