@@ -115,7 +115,7 @@ class WorkerInfo:
 
 class _Pending:
     __slots__ = (
-        "ident", "on_reply", "deferred", "timer", "protocol", "deadline", "replies", "last_reply"
+        "ident", "on_reply", "deferred", "timer", "protocol", "deadline", "replies", "last_reply_at"
     )
 
     def __init__(
@@ -129,7 +129,7 @@ class _Pending:
         self.protocol = protocol
         self.deadline: Optional[float] = None
         self.replies = 0
-        self.last_reply = 0.0
+        self.last_reply_at = 0.0
         self.ident = ident
         self.on_reply = on_reply
         self.deferred = deferred
@@ -289,7 +289,7 @@ class WorkerClient:
         else:
             # The timer is not moved on every reply (a stream has thousands):
             # when it fires, it looks at the time of the last one.
-            call.last_reply = self._seconds()
+            call.last_reply_at = self._seconds()
 
     def _expired(self, ident: int) -> None:
         call = self._pending.get(ident)
@@ -297,7 +297,7 @@ class WorkerClient:
             return
         now = self._reactor.seconds()
         if call.replies:
-            due = call.last_reply + self.reply_timeout
+            due = call.last_reply_at + self.reply_timeout
             if call.deadline is not None:
                 due = min(due, call.deadline)
             if due > now:
