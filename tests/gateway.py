@@ -37,7 +37,6 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from hfendpoint.service import GatewayConfig, GatewayService
 from hfendpoint.testing import MemoryGateway
-from hfendpoint.web import _sse
 
 __all__ = [
     "PNG_SIGNATURE",
@@ -108,12 +107,6 @@ def start_memory_gateway(
         for L{GatewayService}.
     """
     memory = MemoryGateway(handlers, **kwargs)
-    if hasattr(_sse, "flusher_for"):
-        # Until the service hands its flusher down to the event streams,
-        # they find theirs by reactor, and the global reactor by default.
-        from hfendpoint.web import _coalescing
-
-        testCase.patch(_sse, "flusher_for", lambda clock: _coalescing.flusher_for(memory.reactor))
     memory.start()
     testCase.addCleanup(_stop_memory_gateway, testCase, memory)
     if wait_ready:

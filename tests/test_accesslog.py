@@ -7,7 +7,7 @@ import io
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.http import _XForwardedForAddress, combinedLogFormatter
+from twisted.web.http import _XForwardedForAddress, combinedLogFormatter, datetimeToLogString
 from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyRequest
 
@@ -84,14 +84,22 @@ class SiteTests(SynchronousTestCase):
         """
         C{access_log=False} logs nothing; C{True} is Twisted's own log file.
         """
-        logged = []
+        logged = {}
         for enabled in (True, False):
-            site = GatewaySite(Resource(), access_log=enabled)
-            site._logFormatter = lambda timestamp, request: "line"
-            site._logDateTime = "now"
-            site._logFile = type("File", (), {"write": lambda self, line, e=enabled: logged.append(e)})()
+            path = self.mktemp()
+            site = GatewaySite(
+                Resource(),
+                access_log=enabled,
+                logPath=path,
+                logFormatter=lambda timestamp, request: "line",
+                reactor=Clock(),
+            )
+            site.startFactory()
             site.log(self.request())
-        self.assertEqual(logged, [True])
+            site.stopFactory()
+            with open(path) as f:
+                logged[enabled] = f.read()
+        self.assertEqual(logged, {True: "line\n", False: ""})
 
     def test_site_writes_combined_log_lines_to_a_stream(self):
         clock = Clock()
@@ -116,23 +124,23 @@ class SiteTests(SynchronousTestCase):
         after its response has left, with the time it finished.
         """
         clock = Clock()
+        clock.advance(1_800_000_000)
         stream = io.StringIO()
-        site = GatewaySite(Resource(), access_log=stream, reactor=clock)
-        site.startFactory()
-        self.addCleanup(site.stopFactory)
         formatted = []
 
         def formatter(timestamp, request):
             formatted.append(timestamp)
             return f"{request.code} at {timestamp}"
 
-        site._logFormatter = formatter
-        site._logDateTime = "then"
+        site = GatewaySite(Resource(), access_log=stream, reactor=clock, logFormatter=formatter)
+        site.startFactory()
+        self.addCleanup(site.stopFactory)
         site.log(self.request())
-        site._logDateTime = "later"
         self.assertEqual(formatted, [])
-        clock.advance(0)
-        self.assertEqual(stream.getvalue(), "200 at then\n")
+        clock.advance(5)
+        then = datetimeToLogString(1_800_000_000)
+        self.assertNotEqual(then, datetimeToLogString(1_800_000_005))
+        self.assertEqual(stream.getvalue(), f"200 at {then}\n")
 
 
 class CombinedLineTests(SynchronousTestCase):
@@ -185,13 +193,26 @@ class CombinedLineTests(SynchronousTestCase):
                 combinedLogFormatter("[01/Dec/2026:17:00:00 +0000]", request),
             )
 
+    def test_plain_lines_are_written_without_twisted(self):
+        """
+        A request from an IP address with nothing to escape, nearly every
+        one, does not cost a call of Twisted's formatter.
+        """
+        from hfendpoint.web import _accesslog
+
+        plain = self.request(IPv4Address("TCP", "127.0.0.1", 5000), agent=b"curl/8.0")
+        expected = combinedLogFormatter("[01/Dec/2026:17:00:00 +0000]", plain)
+        self.patch(_accesslog, "combinedLogFormatter", None)
+        self.assertEqual(combined_line("[01/Dec/2026:17:00:00 +0000]", plain), expected)
+
     def test_site_uses_it_unless_given_another(self):
         stream = io.StringIO()
         clock = Clock()
-        site = GatewaySite(Resource(), access_log=stream, reactor=clock)
+        site = GatewaySite(
+            Resource(), access_log=stream, reactor=clock, logFormatter=lambda timestamp, request: "custom"
+        )
         site.startFactory()
         self.addCleanup(site.stopFactory)
-        site._logFormatter = lambda timestamp, request: "custom"
         site.log(self.request(IPv4Address("TCP", "127.0.0.1", 5000)))
         clock.advance(0)
         self.assertEqual(stream.getvalue(), "custom\n")

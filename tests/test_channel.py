@@ -3,21 +3,26 @@ The site's channel: responses sent straight to the socket once per turn,
 whole and in order, and through the transport whenever it holds bytes.
 """
 
-import select
-import socket
-
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from hfendpoint import _twisted_private
 from hfendpoint.web import _channel as channel
-
-from hfendpoint.web import _coalescing as turns
-from hfendpoint.web._coalescing import AFTER_SLICE, TurnFlusher, flusher_for, wait_for_event
+from hfendpoint.web import _site
+from hfendpoint.web._coalescing import AFTER_SLICE, TurnFlusher
 from hfendpoint.web import EventStream, GatewaySite
+
+#: Why the tests of the direct send to the socket do not run, if they do not.
+NOT_DIRECT = (
+    None
+    if _twisted_private.DIRECT
+    else f"writes take Twisted's public path: {_twisted_private.PUBLIC_ONLY_REASON}"
+)
 
 
 class Item:
@@ -56,17 +61,46 @@ class TurnFlusherTests(SynchronousTestCase):
 
 
 class TurnFlusherAloneTests(SynchronousTestCase):
-    def test_alone_only_after_the_last_reply_and_with_nothing_else(self):
+    def test_alone_only_in_the_last_work_and_with_nothing_else(self):
         flusher = TurnFlusher(Clock())
         log = []
+        seen = []
         first, second = Item(log, "a"), Item(log, "b")
         flusher.add(first)
         self.assertFalse(flusher.alone(first))
-        flusher.last_reply = True
-        self.assertTrue(flusher.alone(first))
-        self.assertFalse(flusher.alone(second))
-        flusher.add(second)
+        flusher.run_last(lambda: seen.append((flusher.alone(first), flusher.alone(second))))
+        self.assertEqual(seen, [(True, False)])
         self.assertFalse(flusher.alone(first))
+        flusher.add(second)
+        flusher.run_last(lambda: seen.append(flusher.alone(first)))
+        self.assertEqual(seen[1:], [False])
+
+    def test_run_last_passes_arguments_and_errors(self):
+        flusher = TurnFlusher(Clock())
+        got = []
+        flusher.run_last(lambda *args: got.append(args), 1, 2)
+        self.assertEqual(got, [(1, 2)])
+        item = Item([], "a")
+        flusher.add(item)
+
+        def fail():
+            raise ValueError("boom")
+
+        self.assertRaises(ValueError, flusher.run_last, fail)
+        self.assertFalse(flusher.alone(item))
+
+    def test_nested_run_last_keeps_the_outer(self):
+        flusher = TurnFlusher(Clock())
+        item = Item([], "a")
+        flusher.add(item)
+        seen = []
+
+        def outer():
+            flusher.run_last(lambda: None)
+            seen.append(flusher.alone(item))
+
+        flusher.run_last(outer)
+        self.assertEqual(seen, [True])
 
 
 class TurnFlusherAfterTests(SynchronousTestCase):
@@ -124,6 +158,36 @@ class TurnFlusherAfterTests(SynchronousTestCase):
         clock.advance(0)
         self.assertEqual(log, ["first", "second", "added by first"])
 
+    def test_a_failure_is_logged_and_the_rest_runs(self):
+        clock = Clock()
+        flusher = TurnFlusher(clock)
+        log = []
+
+        def fail():
+            raise ValueError("boom")
+
+        flusher.after(fail)
+        flusher.after(lambda: log.append("second"))
+        clock.advance(0)
+        self.assertEqual(log, ["second"])
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_after_work_added_later_runs_too(self):
+        """
+        Once the work left is done, work added in a later turn runs at the
+        end of that turn.
+        """
+        clock = Clock()
+        flusher = TurnFlusher(clock)
+        log = []
+        flusher.after(lambda: log.append("first"))
+        clock.advance(0)
+        flusher.after(lambda: log.append("later"))
+        clock.advance(0)
+        self.assertEqual(log, ["first", "later"])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
     def test_early_flush_leaves_it_for_the_end_of_the_turn(self):
         clock = Clock()
         flusher = TurnFlusher(clock)
@@ -135,105 +199,6 @@ class TurnFlusherAfterTests(SynchronousTestCase):
         clock.advance(0)
         self.assertEqual(log, ["a", "after"])
         self.assertEqual(clock.getDelayedCalls(), [])
-
-
-class FakePoller:
-    def __init__(self, empty_polls):
-        self.empty_polls = empty_polls
-        self.polls = 0
-
-    def poll(self, timeout, maxevents):
-        self.polls += 1
-        if self.polls > self.empty_polls:
-            return [(3, select.EPOLLIN)]
-        return []
-
-
-class WaitForEventTests(SynchronousTestCase):
-    def test_an_event_ends_the_wait(self):
-        poller = FakePoller(empty_polls=3)
-        pauses = []
-        came = wait_for_event(poller, 1.0, now=lambda: 0.0, pause=lambda: pauses.append(1))
-        self.assertTrue(came)
-        self.assertEqual((poller.polls, len(pauses)), (4, 3))
-
-    def test_gives_up_at_the_deadline(self):
-        poller = FakePoller(empty_polls=1000)
-        times = iter([0.0, 0.1, 0.2, 0.3])
-        pauses = []
-        came = wait_for_event(poller, 0.25, now=lambda: next(times), pause=lambda: pauses.append(1))
-        self.assertFalse(came)
-        self.assertEqual((poller.polls, len(pauses)), (3, 2))
-
-    def test_a_real_epoll_event_is_left_for_the_reactor(self):
-        ours, theirs = socket.socketpair()
-        self.addCleanup(ours.close)
-        self.addCleanup(theirs.close)
-        poller = select.epoll()
-        self.addCleanup(poller.close)
-        poller.register(ours.fileno(), select.EPOLLIN)
-        self.assertFalse(wait_for_event(poller, 0))
-        theirs.send(b"reply")
-        self.assertTrue(wait_for_event(poller, 60))
-        self.assertEqual(poller.poll(0), [(ours.fileno(), select.EPOLLIN)])
-
-
-class EpollClock(Clock):
-    def __init__(self):
-        super().__init__()
-        self._poller = select.epoll()
-
-
-class TurnFlusherExpectReplyTests(SynchronousTestCase):
-    def setUp(self):
-        self.clock = EpollClock()
-        self.addCleanup(self.clock._poller.close)
-        self.flusher = TurnFlusher(self.clock)
-        self.log = []
-        self.patch(turns, "wait_for_event", lambda poller, seconds: self.log.append(("wait", poller, seconds)))
-
-    def test_waits_once_the_writes_are_out(self):
-        self.flusher.add(Item(self.log, "a"))
-        self.flusher.expect_reply()
-        self.clock.advance(0)
-        self.assertEqual(self.log, ["a", ("wait", self.clock._poller, self.flusher.busy_poll)])
-        self.clock.advance(0)
-        self.assertEqual(len(self.log), 2)
-
-    def test_an_early_flush_leaves_the_wait_for_the_end_of_the_turn(self):
-        self.flusher.expect_reply()
-        self.flusher.add(Item(self.log, "a"))
-        self.flusher.flush()
-        self.assertEqual(self.log, ["a"])
-        self.clock.advance(0)
-        self.assertEqual(self.log, ["a", ("wait", self.clock._poller, self.flusher.busy_poll)])
-
-    def test_not_without_a_lone_call(self):
-        self.flusher.add(Item(self.log, "a"))
-        self.clock.advance(0)
-        self.assertEqual(self.log, ["a"])
-
-    def test_not_when_off(self):
-        self.flusher.busy_poll = 0
-        self.flusher.expect_reply()
-        self.clock.advance(0)
-        self.assertEqual(self.log, [])
-
-    def test_not_with_after_work_left(self):
-        def slow():
-            self.clock.rightNow += AFTER_SLICE
-
-        self.flusher.after(slow)
-        self.flusher.after(lambda: self.log.append("after"))
-        self.flusher.expect_reply()
-        self.clock.advance(0)
-        self.assertEqual(self.log, ["after"])
-
-    def test_not_on_another_reactor(self):
-        flusher = TurnFlusher(Clock())
-        flusher.expect_reply()
-        Clock.advance(flusher._clock, 0)
-        self.assertEqual(self.log, [])
 
 
 class TurnFlusherFlushTests(SynchronousTestCase):
@@ -316,7 +281,9 @@ class Serving(TestCase):
         from twisted.internet import reactor
 
         self.reactor = reactor
-        port = reactor.listenTCP(0, GatewaySite(resource, **kwargs), interface="127.0.0.1")
+        self.flusher = TurnFlusher(reactor)
+        site = GatewaySite(resource, flusher=self.flusher, **kwargs)
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         return port.getHost().port
 
@@ -328,8 +295,7 @@ class Serving(TestCase):
         direct = []
         left = []
 
-        def held(transport):
-            return bool(transport._tempDataLen or len(transport.dataBuffer) > transport.offset)
+        held = _twisted_private.transport_holds
 
         def recording(real):
             def send(transport, data):
@@ -359,82 +325,8 @@ class ChannelTests(Serving):
         self.assertEqual(len(responses), 4)
         for response, path in zip(responses[1:], (b"/one", b"/two", b"/three")):
             self.assertTrue(response.endswith(b"\r\n\r\npath " + path), response)
-        self.assertIn(True, direct)
-
-    async def finish_and_count_sends(self, body, last_reply=False, other=None):
-        """
-        Answer C{body} in a later turn; return the number of sends made
-        before and right after the request finished, and what arrived.
-
-        @param last_reply: finish while the flusher is told that the reply
-            being handled is the last one read.
-        @param other: something else to flush at the end of the turn.
-        """
-        direct, _ = self.record_sends()
-        reactor = self.reactor = __import__("twisted.internet.reactor", fromlist=["reactor"])
-        sends = []
-
-        class Later(Resource):
-            isLeaf = True
-
-            def render_GET(self, request):
-                def answer():
-                    request.setHeader(b"content-length", b"%d" % len(body))
-                    request.write(body[:10])
-                    request.write(body[10:])
-                    sends.append(len(direct))
-                    channel = request.channel
-                    flusher = flusher_for(reactor)
-                    if other is not None:
-                        flusher.add(other)
-                    flusher.last_reply = last_reply
-                    try:
-                        request.finish()
-                    finally:
-                        flusher.last_reply = False
-                    sends.append(len(direct))
-                    # The connection stays open: close it on the next turn.
-                    reactor.callLater(0, channel.loseConnection)
-
-                reactor.callLater(0, answer)
-                return NOT_DONE_YET
-
-        port = self.listen(Later(), access_log=False)
-        received = await exchange(reactor, port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        return sends, received
-
-    async def test_big_response_sent_when_finished(self):
-        """
-        A big response leaves when its request finishes, not at the end of
-        the turn.
-        """
-        body = b"x" * channel.SEND_AT_ONCE
-        sends, received = await self.finish_and_count_sends(body)
-        self.assertEqual(sends, [0, 1])
-        self.assertTrue(received.endswith(b"\r\n\r\n" + body))
-
-    async def test_small_response_sent_at_the_end_of_the_turn(self):
-        sends, received = await self.finish_and_count_sends(b"a small answer")
-        self.assertEqual(sends, [0, 0])
-        self.assertTrue(received.endswith(b"\r\n\r\na small answer"), received)
-
-    async def test_last_reply_response_sent_when_finished(self):
-        """
-        A response finished by the last reply read from the worker leaves
-        at once: nothing else in the turn would join it.
-        """
-        sends, received = await self.finish_and_count_sends(b"a small answer", last_reply=True)
-        self.assertEqual(sends, [0, 1])
-        self.assertTrue(received.endswith(b"\r\n\r\na small answer"), received)
-
-    async def test_last_reply_response_waits_for_others_of_the_turn(self):
-        log = []
-        sends, received = await self.finish_and_count_sends(
-            b"a small answer", last_reply=True, other=Item(log, "other")
-        )
-        self.assertEqual(sends, [0, 0])
-        self.assertEqual(log, ["other"])
-        self.assertTrue(received.endswith(b"\r\n\r\na small answer"), received)
+        if not NOT_DIRECT:
+            self.assertIn(True, direct)
 
     async def test_http10_response_whole_before_close(self):
         port = self.listen(Echo(), access_log=False)
@@ -499,8 +391,93 @@ class ChannelTests(Serving):
         head, _, body = received.partition(b"\r\n\r\n")
         self.assertIn(b"text/event-stream", head)
         self.assertEqual(dechunk(body), b"".join(events))
-        self.assertIn(True, direct)
-        self.assertIn(True, left)
+        if not NOT_DIRECT:
+            self.assertIn(True, direct)
+            self.assertIn(True, left)
+
+
+class SendTimingTests(Serving):
+    """
+    When the channel sends what it holds: straight to the socket, so only
+    where the private names allow it.
+    """
+
+    skip = NOT_DIRECT
+
+    async def finish_and_count_sends(self, body, last_reply=False, other=None):
+        """
+        Answer C{body} in a later turn; return the number of sends made
+        before and right after the request finished, and what arrived.
+
+        @param last_reply: finish as the last work of the turn
+            (L{TurnFlusher.run_last}), as the reply being handled is the
+            last one read.
+        @param other: something else to flush at the end of the turn.
+        """
+        direct, _ = self.record_sends()
+        reactor = self.reactor = __import__("twisted.internet.reactor", fromlist=["reactor"])
+        sends = []
+
+        class Later(Resource):
+            isLeaf = True
+
+            def render_GET(self, request):
+                def answer():
+                    request.setHeader(b"content-length", b"%d" % len(body))
+                    request.write(body[:10])
+                    request.write(body[10:])
+                    sends.append(len(direct))
+                    channel = request.channel
+                    if other is not None:
+                        flusher.add(other)
+                    if last_reply:
+                        flusher.run_last(request.finish)
+                    else:
+                        request.finish()
+                    sends.append(len(direct))
+                    # The connection stays open: close it on the next turn.
+                    reactor.callLater(0, channel.loseConnection)
+
+                reactor.callLater(0, answer)
+                return NOT_DONE_YET
+
+        port = self.listen(Later(), access_log=False)
+        flusher = self.flusher
+        received = await exchange(reactor, port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        return sends, received
+
+    async def test_big_response_sent_when_finished(self):
+        """
+        A big response leaves when its request finishes, not at the end of
+        the turn.
+        """
+        body = b"x" * channel.SEND_AT_ONCE
+        sends, received = await self.finish_and_count_sends(body)
+        self.assertEqual(sends, [0, 1])
+        self.assertTrue(received.endswith(b"\r\n\r\n" + body))
+
+    async def test_small_response_sent_at_the_end_of_the_turn(self):
+        sends, received = await self.finish_and_count_sends(b"a small answer")
+        self.assertEqual(sends, [0, 0])
+        self.assertTrue(received.endswith(b"\r\n\r\na small answer"), received)
+
+    async def test_last_reply_response_sent_when_finished(self):
+        """
+        A response finished by the last reply read from the worker leaves
+        at once: nothing else in the turn would join it.
+        """
+        sends, received = await self.finish_and_count_sends(b"a small answer", last_reply=True)
+        self.assertEqual(sends, [0, 1])
+        self.assertTrue(received.endswith(b"\r\n\r\na small answer"), received)
+
+    async def test_last_reply_response_waits_for_others_of_the_turn(self):
+        log = []
+        sends, received = await self.finish_and_count_sends(
+            b"a small answer", last_reply=True, other=Item(log, "other")
+        )
+        self.assertEqual(sends, [0, 0])
+        self.assertEqual(log, ["other"])
+        self.assertTrue(received.endswith(b"\r\n\r\na small answer"), received)
 
 
 def dechunk(body):
@@ -543,5 +520,37 @@ class PartsTests(Serving):
         self.assertIn(b"Content-Length: %d\r\n" % len(whole), head + b"\r\n")
         self.assertNotIn(b"chunked", head.lower())
         self.assertEqual(body, whole)
-        self.assertEqual(direct[0], True)
-        self.assertEqual(left[0], True)
+        if not NOT_DIRECT:
+            self.assertEqual(direct[0], True)
+            self.assertEqual(left[0], True)
+
+
+class SiteChannelTests(SynchronousTestCase):
+    """
+    Which channel the site gives a connection.
+    """
+
+    def channel_of(self, site):
+        from twisted.internet.address import IPv4Address
+
+        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+        return protocol._channel if hasattr(protocol, "_channel") else protocol
+
+    def test_ours_with_a_flusher(self):
+        site = GatewaySite(Resource(), flusher=TurnFlusher(Clock()), reactor=Clock())
+        ours = self.channel_of(site)
+        self.assertIsInstance(ours, channel.GatewayChannel)
+        self.assertIs(ours.site, site)
+
+    test_ours_with_a_flusher.skip = NOT_DIRECT
+
+
+
+    def test_twisteds_without_a_flusher(self):
+        site = GatewaySite(Resource(), reactor=Clock())
+        self.assertIs(type(self.channel_of(site)), HTTPChannel)
+
+    def test_twisteds_on_the_public_path(self):
+        self.patch(_site, "DIRECT", False)
+        site = GatewaySite(Resource(), flusher=TurnFlusher(Clock()), reactor=Clock())
+        self.assertIs(type(self.channel_of(site)), HTTPChannel)

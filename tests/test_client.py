@@ -41,6 +41,11 @@ class Harness:
         self.protocol.connectionLost(Failure(reason or ConnectionDone()))
 
 
+class NothingToFlush:
+    def flush_now(self):
+        pass
+
+
 class EndOfTurnTests(SynchronousTestCase):
     """
     With a flusher, a call ended by a reply that is not the last one read
@@ -49,10 +54,11 @@ class EndOfTurnTests(SynchronousTestCase):
 
     def setUp(self):
         self.clock = Clock()
-        flusher = TurnFlusher(self.clock)
+        self.flusher = flusher = TurnFlusher(self.clock)
         self.client = WorkerClient(self.clock, flusher=flusher)
         self.protocol = WorkerProtocol(self.client, flusher=flusher)
-        self.protocol.makeConnection(StringTransport())
+        self.transport = StringTransport()
+        self.protocol.makeConnection(self.transport)
 
     def read(self, *messages):
         self.protocol.dataReceived(b"".join(msgpack.packb(m, use_bin_type=True) for m in messages))
@@ -67,6 +73,43 @@ class EndOfTurnTests(SynchronousTestCase):
         self.clock.advance(0)
         self.assertEqual(self.successResultOf(first), "one")
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_the_last_reply_read_is_the_last_work_of_the_turn(self):
+        """
+        What the last reply read completes runs as the turn's last work
+        (L{TurnFlusher.run_last}): a write it leaves alone may go at once.
+        What an earlier reply completes, at the end of the turn, may not.
+        """
+        seen = []
+        first = self.client.call("a", {})
+        second = self.client.call("b", {})
+        third = self.client.call("c", {})
+        self.clock.advance(0)
+        item = NothingToFlush()
+        self.flusher.add(item)
+        for name, call in (("a", first), ("b", second)):
+            call.addCallback(lambda _, name=name: seen.append((name, self.flusher.alone(item))))
+        third.addErrback(lambda _: seen.append(("c", self.flusher.alone(item))))
+        self.read({"id": 1, "data": "one"}, {"id": 2, "data": "two"})
+        self.assertEqual(seen, [("b", True)])
+        self.read({"id": 3, "error": "boom"})
+        self.assertEqual(seen, [("b", True), ("c", True)])
+        self.assertFalse(self.flusher.alone(item))
+        self.clock.advance(0)
+        self.assertEqual(seen, [("b", True), ("c", True), ("a", False)])
+
+    def test_calls_leave_at_the_end_of_the_turn_unless_alone(self):
+        """
+        A call made while no other is in flight is written at once; the
+        others of the turn are written together at its end.
+        """
+        self.client.call("a", {})
+        self.assertEqual(len(sent(self.transport)), 1)
+        self.client.call("b", {})
+        self.client.call("c", {})
+        self.assertEqual(len(sent(self.transport)), 1)
+        self.clock.advance(0)
+        self.assertEqual([m["name"] for m in sent(self.transport)], ["a", "b", "c"])
 
     def test_cancelled_before_the_end_of_the_turn(self):
         first = self.client.call("a", {})

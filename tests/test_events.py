@@ -10,7 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 from twisted.internet.interfaces import IPushProducer
 
-from hfendpoint.web import EventStream
+from hfendpoint.web import EventStream, TurnFlusher
 
 
 class FakeTransport:
@@ -20,18 +20,24 @@ class FakeTransport:
         self.aborted = True
 
 
+class FakeSite:
+    def __init__(self, flusher):
+        self.flusher = flusher
+
+
 class FakeChannel:
-    def __init__(self):
+    def __init__(self, site):
         self.transport = FakeTransport()
+        self.site = site
 
 
 class FakeRequest:
-    def __init__(self):
+    def __init__(self, site=None):
         self.writes = []
         self.code = None
         self.headers = {}
         self.producer = None
-        self.channel = FakeChannel()
+        self.channel = FakeChannel(site)
         self._finished = Deferred()
 
     def notifyFinish(self):
@@ -56,11 +62,18 @@ class FakeRequest:
 
 
 class EventStreamTests(SynchronousTestCase):
+    """
+    On the flusher of the request's site, as the gateway's site has one.
+    """
+
     def setUp(self):
         self.clock = Clock()
+        self.site = FakeSite(TurnFlusher(self.clock))
 
     def stream(self, request, **kwargs):
-        return EventStream(request, clock=self.clock, **kwargs)
+        request.channel.site = self.site
+        return EventStream(request, **kwargs)
+
     def test_is_a_streaming_producer(self):
         request = FakeRequest()
         events = self.stream(request)
@@ -147,3 +160,32 @@ class EventStreamTests(SynchronousTestCase):
         request._finished.errback(Failure(Exception("gone")))
         events.send({"n": 1})
         self.assertEqual(request.writes, [])
+
+
+class FlusherChoiceTests(SynchronousTestCase):
+    def test_a_flusher_given_is_used(self):
+        clock, theirs = Clock(), Clock()
+        request = FakeRequest(FakeSite(TurnFlusher(theirs)))
+        events = EventStream(request, flusher=TurnFlusher(clock))
+        events.send({"n": 1})
+        theirs.advance(0)
+        self.assertEqual(request.writes, [])
+        clock.advance(0)
+        self.assertEqual(request.writes, [b'data: {"n":1}\n\n'])
+
+    def test_without_a_flusher_each_event_is_written_at_once(self):
+        """
+        On a site with no flusher (Twisted's own, as treq's testing tools
+        build), events are not held for a turn that nothing ends.
+        """
+        for site in (None, object()):
+            request = FakeRequest(site)
+            events = EventStream(request)
+            events.send({"n": 1})
+            events.send({"n": 2})
+            self.assertEqual(request.writes, [b'data: {"n":1}\n\n', b'data: {"n":2}\n\n'])
+            events.pauseProducing()
+            events.send({"n": 3})
+            self.assertEqual(len(request.writes), 2)
+            events.resumeProducing()
+            self.assertEqual(request.writes[2:], [b'data: {"n":3}\n\n'])

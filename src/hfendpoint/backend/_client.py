@@ -115,7 +115,7 @@ class WorkerInfo:
 
 class _Pending:
     __slots__ = (
-        "ident", "on_reply", "deferred", "timer", "protocol", "deadline", "replies", "last_reply"
+        "ident", "on_reply", "deferred", "timer", "protocol", "deadline", "replies", "last_reply_at"
     )
 
     def __init__(
@@ -129,7 +129,7 @@ class _Pending:
         self.protocol = protocol
         self.deadline: Optional[float] = None
         self.replies = 0
-        self.last_reply = 0.0
+        self.last_reply_at = 0.0
         self.ident = ident
         self.on_reply = on_reply
         self.deferred = deferred
@@ -154,7 +154,12 @@ class WorkerClient:
     tokens, what each end sets off (the response's end, the next batch)
     costs ten times a token, and the tokens that follow in the read, sent
     by the read's early flushes, should not wait for it. The last reply
-    read completes its call at once.
+    read completes its call at once, and is handled as the last work of
+    the turn (L{TurnFlusher.run_last}), so that a response it finishes
+    alone leaves at once.
+
+    @ivar flusher: the L{TurnFlusher} given, which the protocols of the
+        worker sockets hold their writes on too.
     """
 
     _log = Logger()
@@ -169,7 +174,7 @@ class WorkerClient:
     ) -> None:
         self._reactor = reactor
         self._seconds = reactor.seconds
-        self._flusher = flusher
+        self.flusher = flusher
         self.reply_timeout = reply_timeout
         self.first_reply_timeout = first_reply_timeout
         self.request_timeout = request_timeout
@@ -199,7 +204,16 @@ class WorkerClient:
             self._finish(call)
             self._fail(call, error)
 
-    def message_received(self, message: dict) -> None:
+    def message_received(self, message: dict, last: bool) -> None:
+        flusher = self.flusher
+        if flusher is None:
+            self._route(message, True)
+        elif last:
+            flusher.run_last(self._route, message, True)
+        else:
+            self._route(message, False)
+
+    def _route(self, message: dict, last: bool) -> None:
         call = self._pending.get(message["id"])
         if call is None:
             if message["id"] in self._abandoned:
@@ -215,7 +229,7 @@ class WorkerClient:
             self._finish(call)
             self._fail(call, worker_failed(str(message["error"])))
         elif "data" in message:
-            self._deliver(call, message["data"])
+            self._deliver(call, message["data"], last)
         else:
             self._abandon(call, worker_gone("The worker sent a reply with neither data nor error."))
 
@@ -255,7 +269,7 @@ class WorkerClient:
 
     # Internals
 
-    def _deliver(self, call: _Pending, data: Any) -> None:
+    def _deliver(self, call: _Pending, data: Any, last: bool) -> None:
         call.replies += 1
         try:
             done = call.on_reply(data)
@@ -268,15 +282,14 @@ class WorkerClient:
             return
         if done:
             self._finish(call)
-            flusher = self._flusher
-            if flusher is None or flusher.last_reply:
+            if last:
                 call.deferred.callback(None)
             else:
-                flusher.after(partial(_succeed, call.deferred))
+                self.flusher.after(partial(_succeed, call.deferred))
         else:
             # The timer is not moved on every reply (a stream has thousands):
             # when it fires, it looks at the time of the last one.
-            call.last_reply = self._seconds()
+            call.last_reply_at = self._seconds()
 
     def _expired(self, ident: int) -> None:
         call = self._pending.get(ident)
@@ -284,7 +297,7 @@ class WorkerClient:
             return
         now = self._reactor.seconds()
         if call.replies:
-            due = call.last_reply + self.reply_timeout
+            due = call.last_reply_at + self.reply_timeout
             if call.deadline is not None:
                 due = min(due, call.deadline)
             if due > now:

@@ -11,12 +11,11 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import msgpack
-from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
 
 from hfendpoint.web._channel import HeldWrites
 from hfendpoint.web._coalescing import TurnFlusher
@@ -41,14 +40,23 @@ class IMessageReceiver(Interface):
     What a L{WorkerProtocol} reports to.
     """
 
+    flusher = Attribute(
+        "The TurnFlusher that the receiver completes its work on and that "
+        "its protocol should hold its writes on, or None."
+    )
+
     def connected(protocol: "WorkerProtocol") -> None:
         """
         The socket is up and C{protocol.send} may be used.
         """
 
-    def message_received(message: dict) -> None:
+    def message_received(message: dict, last: bool) -> None:
         """
         One whole, well-formed reply (a map with an integer C{id}).
+
+        @param last: whether it is the last whole reply of what has been
+            read from the socket: nothing more is known to be coming in
+            this turn of the reactor.
         """
 
     def disconnected(protocol: "WorkerProtocol", reason: Failure) -> None:
@@ -94,7 +102,7 @@ class WorkerProtocol(Protocol):
         # gets several tokens per write, and a large image costs 4 reads
         # instead of 64.
         self.transport.bufferSize = READ_SIZE
-        if self._flusher is not None and isinstance(self.transport, tcp.Connection):
+        if self._flusher is not None:
             self._writes = HeldWrites(self.transport, self._flusher)
         self._receiver.connected(self)
 
@@ -105,8 +113,7 @@ class WorkerProtocol(Protocol):
         slow.
 
         @param alone: no other call is in flight: the message leaves at
-            once, and the turn ends waiting briefly, awake, for the reply
-            (L{TurnFlusher.expect_reply}).
+            once, as nothing else would join it.
         """
         data = msgpack.packb(message, use_bin_type=True)
         writes = self._writes
@@ -116,7 +123,6 @@ class WorkerProtocol(Protocol):
         writes.write(data)
         if alone:
             writes.flush_now()
-            self._flusher.expect_reply()
         elif writes.held() >= SEND_EVERY:
             # A turn that reads a thousand requests at once (streams that
             # all start together) is long: the worker starts on the first
@@ -138,16 +144,12 @@ class WorkerProtocol(Protocol):
             unpacker = self._unpacker
             unpacker.feed(data)
             self._fed += len(data)
+            fed = self._fed
             count = 0
             for message in unpacker:
+                self._dispatch(message, unpacker.tell() == fed)
                 if flusher is None:
-                    self._dispatch(message)
                     continue
-                flusher.last_reply = unpacker.tell() == self._fed
-                try:
-                    self._dispatch(message)
-                finally:
-                    flusher.last_reply = False
                 count += 1
                 if count == FLUSH_EVERY:
                     # A read of thousands of tokens (a model's step over
@@ -162,7 +164,7 @@ class WorkerProtocol(Protocol):
         except (msgpack.UnpackException, ValueError) as e:
             self._violate(f"the worker sent malformed MessagePack: {e}")
 
-    def _dispatch(self, message: Any) -> None:
+    def _dispatch(self, message: Any, last: bool) -> None:
         # MessagePack gives exact types: type() is enough, and leaves out
         # true and false, which are ints to isinstance.
         ident = message.get("id") if type(message) is dict else None
@@ -172,7 +174,7 @@ class WorkerProtocol(Protocol):
                 message=message,
             )
             return
-        self._receiver.message_received(message)
+        self._receiver.message_received(message, last)
 
     def _violate(self, why: str) -> None:
         self._log.error("Worker protocol violation: {why}; closing the socket", why=why)

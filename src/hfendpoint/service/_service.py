@@ -5,11 +5,10 @@ line, and for any Twisted application that wants to embed it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import CancelledError, Deferred, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.web.server import Site
@@ -27,7 +26,7 @@ from hfendpoint.service._logging import access_formatter
 from hfendpoint.service._metrics import GatewayMetrics
 from hfendpoint.web._auth import ApiKeys, KeyedResource
 from hfendpoint.web._metrics import MeasuredResource, MetricsResource
-from hfendpoint.web._coalescing import flusher_for
+from hfendpoint.web._coalescing import TurnFlusher
 from hfendpoint.web._cors import CrossSiteResource
 from hfendpoint.web._request_id import RequestIdResource
 from hfendpoint.web._site import GatewaySite
@@ -53,6 +52,8 @@ class GatewayService(MultiService):
     @ivar client: the L{WorkerClient}, or with several workers the
         L{WorkerPool} over theirs.
     @ivar site: the L{GatewaySite} serving the API.
+    @ivar flusher: the L{TurnFlusher} that the site, its event streams and
+        the worker clients and sockets hold their writes of a turn on.
     @ivar ports: the listening ports once started (for tests that listen
         on port 0).
     @ivar stop_reactor_on_failure: whether to stop the reactor when the
@@ -68,6 +69,9 @@ class GatewayService(MultiService):
         super().__init__()
         self._reactor = reactor
         self.config = config
+        # The one end of turn that the site, the event streams and the
+        # worker clients and sockets hold their writes on.
+        self.flusher = TurnFlusher(reactor)
         members = self._start_workers(reactor, config, spawner)
         workers = config.workers
         self.workers = [service for service, _ in members]
@@ -105,6 +109,7 @@ class GatewayService(MultiService):
             logFormatter=access_formatter(config.log_format),
             timeout=config.idle_timeout,
             reactor=reactor,
+            flusher=self.flusher,
         )
         self._failure_waiters: list[Deferred] = []
         self._listeners = []
@@ -152,7 +157,7 @@ class GatewayService(MultiService):
                 reply_timeout=config.reply_timeout,
                 first_reply_timeout=config.first_reply_timeout,
                 request_timeout=config.request_timeout,
-                flusher=flusher_for(reactor),
+                flusher=self.flusher,
             )
             env = dict(config.worker_env)
             env["HFENDPOINT_WORKER_INDEX"] = str(index)
@@ -167,7 +172,7 @@ class GatewayService(MultiService):
                 stop_timeout=config.stop_timeout,
                 max_restarts=config.max_restarts,
                 spawner=spawner,
-                flusher=flusher_for(reactor),
+                flusher=self.flusher,
             )
             service.setServiceParent(self)
             members.append((service, client))
@@ -279,22 +284,41 @@ class GatewayService(MultiService):
         )
 
 
-class _RecordingEndpointService(StreamServerEndpointService):
+class _RecordingEndpointService(Service):
     """
-    A listener that keeps its port and reports whether listening worked,
-    instead of only logging a failure to listen.
+    A listener on an endpoint, like Twisted's C{StreamServerEndpointService},
+    that keeps its port and reports whether listening worked, instead of
+    only logging a failure to listen.
     """
 
     port: Any = None
 
     def __init__(self, endpoint: Any, factory: Any) -> None:
-        super().__init__(endpoint, factory)
+        self.endpoint = endpoint
+        self.factory = factory
         self.when_listening: Deferred = Deferred()
+        self._listen: Optional[Deferred] = None
 
     def privilegedStartService(self) -> None:
-        Service.privilegedStartService(self)
-        self._waitingForPort = self.endpoint.listen(self.factory)
-        self._waitingForPort.addCallbacks(self._listening, self._failed)
+        super().privilegedStartService()
+        self._listen = self.endpoint.listen(self.factory)
+        self._listen.addCallbacks(self._listening, self._failed)
+
+    def startService(self) -> None:
+        super().startService()
+        if self._listen is None:
+            self.privilegedStartService()
+
+    def stopService(self) -> Deferred:
+        """
+        Stop listening, or stop trying to; fires once the port is closed.
+        """
+        super().stopService()
+        listen, self._listen = self._listen, None
+        if listen is None:
+            return succeed(None)
+        listen.cancel()
+        return listen.addCallback(lambda port: port.stopListening() if port is not None else None)
 
     def _listening(self, port: Any) -> Any:
         self.port = port

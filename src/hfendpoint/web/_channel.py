@@ -1,18 +1,17 @@
 """
-The HTTP channel of the gateway's site: it sends the bytes of its
-responses to the TCP socket itself, all those of a reactor turn in one
-C{send} (and a big response as soon as it is whole).
+The HTTP channel of the gateway's site: it holds the bytes of its
+responses during a reactor turn and sends them at the end of the turn,
+all those of the turn in one C{send} straight to the TCP socket (and a
+big response as soon as it is whole).
 
-A Twisted TCP transport buffers every write and sends it when the reactor
-next finds the socket writable, registering the socket with epoll and
-removing it again around each response. The gateway's sockets are nearly
-always writable and its responses small (a JSON body, a token's event), so
-that machinery cost more than the C{send} itself, and an extra trip
-through the reactor's loop for each response. What the socket does not
-take at once, and everything while the transport still holds bytes, goes
-through the transport as before, which keeps its flow control: a slow
-client still pauses a streaming response's producer. Anything but plain
-TCP (TLS, HTTP/2) takes Twisted's usual path.
+Writing to the socket directly needs names Twisted keeps private; they
+are all in L{hfendpoint._twisted_private}, which says why they are worth
+it. Where it cannot use them, the site takes Twisted's own channel
+instead. What the socket does not take at once, and everything while the
+transport still holds bytes, goes through the transport as before, which
+keeps its flow control: a slow client still pauses a streaming response's
+producer. Anything but plain TCP (TLS, HTTP/2) writes through the
+transport at once, as Twisted's channel does.
 
 L{HeldWrites} is that holding and sending, for the channel and for the
 worker socket's protocol alike.
@@ -23,11 +22,10 @@ from __future__ import annotations
 from typing import Any, Iterable, Optional
 
 from twisted.internet import tcp
-from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
 from twisted.web.http_headers import Headers
 
+from hfendpoint._twisted_private import FlushingHTTPChannel, direct_transport, send, send_parts
 from hfendpoint.web._coalescing import TurnFlusher
-
 
 #: Held parts are sent with one C{sendmsg} rather than joined first when
 #: they are few (the kernel takes at most 1024) and add up to this many bytes.
@@ -43,12 +41,13 @@ class HeldWrites:
     """
     What is written to one transport during a reactor turn, held and sent
     at the end of the turn (or when C{flush_now} is called) in one send,
-    straight to the socket while the transport holds nothing.
+    straight to the socket while the transport holds nothing and the
+    private names allow it, through C{transport.write} otherwise.
     """
 
     __slots__ = ("_transport", "_flusher", "_held")
 
-    def __init__(self, transport: tcp.Connection, flusher: TurnFlusher) -> None:
+    def __init__(self, transport: Any, flusher: TurnFlusher) -> None:
         self._transport = transport
         self._flusher = flusher
         self._held: list[bytes] = []
@@ -101,7 +100,7 @@ class HeldWrites:
         self._held = []
 
 
-class GatewayChannel(HTTPChannel):
+class GatewayChannel(FlushingHTTPChannel):
     """
     An L{HTTPChannel} that holds what its requests write during a turn and
     sends it at the end of the turn, straight to the socket when it can.
@@ -118,7 +117,7 @@ class GatewayChannel(HTTPChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        if type(self.transport) is tcp.Server:
+        if type(self.transport) is tcp.Server and direct_transport(self.transport):
             self._writes = HeldWrites(self.transport, self._flusher)
 
     _host: Any = None
@@ -177,87 +176,7 @@ class GatewayChannel(HTTPChannel):
         self.flush_now()
         super().loseConnection()
 
-    def _send100Continue(self) -> None:
-        self.flush_now()
-        super()._send100Continue()
-
-    def _respondToBadRequestAndDisconnect(self) -> None:
-        self.flush_now()
-        super()._respondToBadRequestAndDisconnect()
-
     def connectionLost(self, reason: Any) -> None:
         if self._writes is not None:
             self._writes.drop()
         super().connectionLost(reason)
-
-
-def send(transport: tcp.Server, data: bytes) -> None:
-    """
-    Write C{data} to a TCP transport: straight to its socket when the
-    transport holds nothing, and what the socket did not take into the
-    transport's buffer, which then sends it as it would have.
-    """
-    if not _empty(transport):
-        transport.write(data)
-        return
-    try:
-        sent = transport.socket.send(data)
-    except OSError:
-        # Busy, or broken: the transport meets it and handles it its way.
-        sent = 0
-    if sent < len(data):
-        _leave(transport, data, sent)
-
-
-def send_parts(transport: tcp.Server, parts: list[bytes]) -> None:
-    """
-    Like L{send}, for a few big parts (an image and its framing), gathered
-    by the kernel rather than joined here first: only what the socket does
-    not take at once is copied.
-    """
-    if not _empty(transport):
-        transport.write(b"".join(parts))
-        return
-    try:
-        sent = transport.socket.sendmsg(parts)
-    except OSError:
-        sent = 0
-    for i, part in enumerate(parts):
-        if sent < len(part):
-            _leave(transport, b"".join([memoryview(part)[sent:], *parts[i + 1 :]]), 0)
-            return
-        sent -= len(part)
-
-
-def _leave(transport: tcp.Server, data: bytes, offset: int) -> None:
-    """
-    Hand what the socket did not take to the transport, whose buffer is
-    empty: C{data} from C{offset} becomes that buffer, without a copy, and
-    the transport sends it when it can and pauses the producer if it must.
-    """
-    transport.dataBuffer = data
-    transport.offset = offset
-    transport.startWriting()
-    transport._maybePauseProducer()
-
-
-def _empty(transport: tcp.Server) -> bool:
-    """
-    Whether C{transport} is open and holds nothing, so that its socket may
-    be written to directly.
-    """
-    return bool(
-        transport.connected
-        and not transport.disconnecting
-        and not transport._writeDisconnected
-        and not transport._tempDataLen
-        and len(transport.dataBuffer) <= transport.offset
-    )
-
-
-def channel_protocol(flusher: TurnFlusher) -> _GenericHTTPChannelProtocol:
-    """
-    A protocol for one connection of the site, as Twisted's own site builds
-    it (the wrapper that could switch to HTTP/2), around a L{GatewayChannel}.
-    """
-    return _GenericHTTPChannelProtocol(GatewayChannel(flusher))

@@ -1,19 +1,18 @@
 """
 Work done once at the end of the reactor's turn for everything that asked
-for it during the turn: the writes of event streams and HTTP channels,
-gathered so that each socket gets one send per turn, the work that can
-wait for the end of the turn, and a brief wait for a lone call's reply.
+for it during the turn: the writes of event streams, HTTP channels and
+worker sockets, gathered so that each socket gets one send per turn, and
+the work that can wait for the end of the turn.
 """
 
 from __future__ import annotations
 
-import os
-import select
-import time
-from typing import Any, Callable, Optional
-from weakref import WeakKeyDictionary
+from collections import deque
+from typing import Any, Callable, Iterator, Optional
 
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import Cooperator
+from twisted.logger import Logger
 
 #: Seconds of after-work (L{TurnFlusher.after}) run in one turn at most;
 #: the rest waits for the next turns, so that the reactor reads what came
@@ -22,10 +21,6 @@ from twisted.internet.interfaces import IReactorTime
 #: line) cost some 30 ms together, and the tokens of the streams still
 #: running, read behind them, should not wait for all of it.
 AFTER_SLICE = 0.002
-
-#: Seconds the reactor polls, busy, for what comes next after a turn that
-#: sent a lone worker call, before it sleeps (see L{TurnFlusher.busy_poll}).
-DEFAULT_BUSY_POLL = 0.0002
 
 
 class TurnFlusher:
@@ -36,38 +31,50 @@ class TurnFlusher:
     Event streams flush into their channels and channels to their sockets;
     a channel that an event stream's flush adds is flushed in the same
     call, after it.
+
+    The gateway's service makes one and hands it to its site, its worker
+    clients and their sockets, so that all their writes of a turn leave
+    together.
     """
 
-    #: Set while the gateway handles the last reply of what it has read
-    #: from a worker: nothing more is known to be coming this turn.
-    last_reply = False
-
-    #: After a turn that sent a call while no other was in flight, seconds
-    #: to poll the reactor's epoll (busy, yielding the CPU between polls)
-    #: before sleeping in it; 0 never does. A process asleep in epoll takes
-    #: some 20 us to wake on a VM, about what a fast worker (a tokenizer,
-    #: a small embedding model) takes to answer: waiting awake for such a
-    #: reply cut the gateway's added latency by 15-25 us. Any event ends
-    #: the wait (the reply, a new request), so it costs nothing under load;
-    #: a slow worker costs this much CPU per lone call.
-    busy_poll = DEFAULT_BUSY_POLL
+    _log = Logger()
 
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
-        self._poller = _epoll_of(clock)
-        self._expecting = False
         self._pending: list[Any] = []
-        self._after: list[Callable[[], object]] = []
         self._call: Any = None
         self._running = False
+        self._last = False
+        # After-work runs as one cooperative task, in slices of
+        # AFTER_SLICE, each slice at the end of a turn just before the
+        # flush: the Cooperator's ticks are scheduled through _tick_at_end.
+        self._after: deque[Callable[[], object]] = deque()
+        self._tick: Optional[Callable[[], None]] = None
+        self._draining = False
+        self._cooperator = Cooperator(
+            terminationPredicateFactory=self._slice, scheduler=self._tick_at_end
+        )
 
     def alone(self, item: Any) -> bool:
         """
         Whether C{item} may flush now rather than at the end of the turn:
-        it is the only one waiting and no other reply is known to be coming
-        in this turn, so waiting would gather nothing and only delay it.
+        it is the only one waiting and nothing more is known to be coming
+        in this turn (L{run_last}), so waiting would gather nothing and only
+        delay it.
         """
-        return self.last_reply and len(self._pending) == 1 and self._pending[0] is item
+        return self._last and len(self._pending) == 1 and self._pending[0] is item
+
+    def run_last(self, function: Callable[..., object], *args: Any) -> None:
+        """
+        Call C{function(*args)} as the last work known to come in this turn
+        (the worker client handling the last reply read from its socket):
+        while it runs, a write left L{alone} may leave at once.
+        """
+        last, self._last = self._last, True
+        try:
+            function(*args)
+        finally:
+            self._last = last
 
     def add(self, item: Any) -> None:
         """
@@ -87,18 +94,9 @@ class TurnFlusher:
         the writes such a flush is for.
         """
         self._after.append(function)
-        if self._call is None and not self._running:
-            self._call = self._clock.callLater(0, self._run)
-
-    def expect_reply(self) -> None:
-        """
-        A call was sent while no other was in flight: once this turn's
-        writes are out, wait up to L{busy_poll} seconds, awake, for the next
-        event rather than sleep.
-        """
-        self._expecting = True
-        if self._call is None and not self._running:
-            self._call = self._clock.callLater(0, self._run)
+        if not self._draining:
+            self._draining = True
+            self._cooperator.cooperate(self._drain())
 
     def flush(self) -> None:
         """
@@ -108,7 +106,7 @@ class TurnFlusher:
         """
         if self._running or not self._pending:
             return
-        if self._call is not None and not (self._after or self._expecting):
+        if self._call is not None and self._tick is None:
             # Nothing else wants the end of the turn.
             self._call.cancel()
             self._call = None
@@ -128,77 +126,58 @@ class TurnFlusher:
         self._call = None
         self._running = True
         try:
-            self._run_after()
+            tick, self._tick = self._tick, None
+            if tick is not None:
+                tick()
             self._flush_pending()
-            self._await_reply()
         finally:
             self._running = False
-            if (self._pending or self._after) and self._call is None:
+            if (self._pending or self._tick is not None) and self._call is None:
                 self._call = self._clock.callLater(0, self._run)
 
-    def _await_reply(self) -> None:
-        """
-        After a turn that sent a lone call (L{expect_reply}), poll for what
-        comes next, unless there is work left for the next turn.
-        """
-        expecting, self._expecting = self._expecting, False
-        if expecting and not self._after and self.busy_poll > 0 and self._poller is not None:
-            wait_for_event(self._poller, self.busy_poll)
+    # The after-work, on the Cooperator.
 
-    def _run_after(self) -> None:
+    def _drain(self) -> Iterator[None]:
         """
-        Run the after-work for up to L{AFTER_SLICE} seconds; what is left
-        stays first in line for the next turn.
+        Call the after-work in order, one call per unit of work; ends, and
+        lets L{after} start another, once none is left.
         """
-        seconds = self._clock.seconds
-        deadline = seconds() + AFTER_SLICE
-        while self._after:
-            functions, self._after = self._after, []
-            for done, function in enumerate(functions, 1):
+        functions = self._after
+        while True:
+            function = functions.popleft()
+            try:
                 function()
-                if seconds() >= deadline:
-                    self._after[:0] = functions[done:]
-                    return
+            except Exception:
+                self._log.failure("Work left for the end of the turn failed")
+            if not functions:
+                self._draining = False
+                return
+            yield None
+
+    def _slice(self) -> Callable[[], bool]:
+        deadline = self._clock.seconds() + AFTER_SLICE
+        seconds = self._clock.seconds
+        return lambda: seconds() >= deadline
+
+    def _tick_at_end(self, tick: Callable[[], None]) -> "_EndOfTurn":
+        self._tick = tick
+        if self._call is None and not self._running:
+            self._call = self._clock.callLater(0, self._run)
+        return _EndOfTurn(self, tick)
 
 
-def _epoll_of(reactor: Any) -> Optional[Any]:
+class _EndOfTurn:
     """
-    The epoll object of an epoll reactor, or C{None} for any other.
+    A tick of the L{Cooperator} waiting for the end of the turn; the
+    Cooperator cancels it when it has no task left.
     """
-    poller = getattr(reactor, "_poller", None)
-    return poller if isinstance(poller, select.epoll) else None
 
+    __slots__ = ("_flusher", "_tick")
 
-def wait_for_event(
-    poller: Any,
-    seconds: float,
-    now: Callable[[], float] = time.perf_counter,
-    pause: Callable[[], object] = os.sched_yield,
-) -> bool:
-    """
-    Poll C{poller} (level-triggered: an event seen here is still there for
-    the reactor) until it has an event or C{seconds} have passed, giving
-    the CPU to whoever wants it between two polls: the worker itself, when
-    the scheduler put it on this CPU.
+    def __init__(self, flusher: TurnFlusher, tick: Callable[[], None]) -> None:
+        self._flusher = flusher
+        self._tick = tick
 
-    @return: whether an event came.
-    """
-    deadline = now() + seconds
-    while not poller.poll(0, 1):
-        if now() >= deadline:
-            return False
-        pause()
-    return True
-
-
-_flushers: "WeakKeyDictionary[Any, TurnFlusher]" = WeakKeyDictionary()
-
-
-def flusher_for(clock: IReactorTime) -> TurnFlusher:
-    """
-    The one L{TurnFlusher} of C{clock}.
-    """
-    flusher = _flushers.get(clock)
-    if flusher is None:
-        flusher = _flushers[clock] = TurnFlusher(clock)
-    return flusher
+    def cancel(self) -> None:
+        if self._flusher._tick is self._tick:
+            self._flusher._tick = None

@@ -5,15 +5,21 @@ arrives, on the gateway's channel, with its access log.
 
 from __future__ import annotations
 
-from typing import Any, Optional, TextIO, Union
+from inspect import signature
+from typing import Any, Callable, Optional, TextIO, Union
 
-from twisted.web.http import combinedLogFormatter
+from twisted.web.http import datetimeToLogString
 from twisted.web.server import Request, Site
 
+from hfendpoint._twisted_private import DIRECT, site_protocol
 from hfendpoint.errors import OpenAIError
 from hfendpoint.web._accesslog import AccessLog, combined_line, is_stream
-from hfendpoint.web._channel import channel_protocol
-from hfendpoint.web._coalescing import flusher_for
+from hfendpoint.web._channel import GatewayChannel
+from hfendpoint.web._coalescing import TurnFlusher
+
+#: Whether this Twisted lets a site leave form bodies unparsed; older
+#: ones always parsed them.
+_FORM_SWITCH = "parsePOSTFormSubmission" in signature(Site.__init__).parameters
 
 DEFAULT_MAX_BODY_SIZE = 10 * 1024 * 1024
 
@@ -27,12 +33,6 @@ class LimitedRequest(Request):
 
     _rejected = False
     _received = 0
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # Form bodies are parsed by the routes that take them, so that a
-        # malformed one is an OpenAI error rather than a bare 400.
-        self._parsePOSTFormSubmission = False
 
     def gotLength(self, length: Optional[int]) -> None:
         limit = self.channel.site.max_body_size
@@ -77,42 +77,71 @@ class LimitedRequest(Request):
 
 class GatewaySite(Site):
     """
-    A L{Site} whose requests enforce C{max_body_size}.
+    A L{Site} whose requests enforce C{max_body_size}, and that leaves form
+    bodies to the routes that take them, so that a malformed one is an
+    OpenAI error rather than a bare 400.
 
     @param access_log: C{True} for Twisted's access log (a line through the
-        global log for each request), C{False} for none, or a text stream to
-        write the lines to directly, once per reactor turn (L{AccessLog}).
+        global log for each request, or to C{logPath}), C{False} for none,
+        or a text stream to write the lines to directly, once per reactor
+        turn (L{AccessLog}).
+    @param flusher: the L{TurnFlusher} that the site's channels hold their
+        writes on, shared with the worker clients and the event streams;
+        without one, or without the private names of Twisted that the
+        gateway's channel needs, the site uses Twisted's own channel.
+    @param logFormatter: as for L{Site}; also formats the lines written to
+        an C{access_log} stream (by default, L{combined_line}: the same
+        lines as Twisted's C{combinedLogFormatter}).
     """
 
     requestFactory = LimitedRequest
 
     def protocol(self) -> Any:
-        return channel_protocol(flusher_for(self.reactor))
+        if self.flusher is None or not DIRECT:
+            return super().protocol()
+        return site_protocol(GatewayChannel(self.flusher))
 
     def __init__(
         self,
         resource: Any,
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         access_log: Union[bool, TextIO] = True,
+        flusher: Optional[TurnFlusher] = None,
+        logFormatter: Optional[Callable[[str, Any], str]] = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(resource, **kwargs)
+        if _FORM_SWITCH:
+            kwargs["parsePOSTFormSubmission"] = False
+        super().__init__(resource, logFormatter=logFormatter, **kwargs)
         self.max_body_size = max_body_size
         self.access_log = access_log
+        self.flusher = flusher
+        self._line = logFormatter or combined_line
+        self._stream: Optional[AccessLog] = None
+        self._second: Optional[int] = None
+        self._timestamp = ""
 
     def startFactory(self) -> None:
         super().startFactory()
         if is_stream(self.access_log):
-            self._logFile = AccessLog(self.access_log, self.reactor)
+            self._stream = AccessLog(self.access_log, self.reactor)
+
+    def stopFactory(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+        super().stopFactory()
 
     def log(self, request: Any) -> None:
         if not self.access_log:
             return
-        log_file = self._logFile
-        if isinstance(log_file, AccessLog):
-            formatter = self._logFormatter
-            if formatter is combinedLogFormatter:
-                formatter = combined_line
-            log_file.add(formatter, self._logDateTime, request)
-        else:
+        stream = self._stream
+        if stream is None:
             super().log(request)
+            return
+        # The date of a line, to the second, as Twisted's access log has it.
+        now = self.reactor.seconds()
+        if int(now) != self._second:
+            self._second = int(now)
+            self._timestamp = datetimeToLogString(now)
+        stream.add(self._line, self._timestamp, request)

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from hfendpoint.web._coalescing import flusher_for
+from hfendpoint.web._coalescing import TurnFlusher
 from hfendpoint.web._json import dumps
 
 _log = Logger()
@@ -23,7 +23,10 @@ class EventStream:
 
     Events are written at the end of the reactor's turn, all those of the
     turn in one write: a worker's replies arrive many per read, so a
-    stream costs one write per read rather than one per token.
+    stream costs one write per read rather than one per token. The turn's
+    end is that of the C{flusher} given, or else of the flusher of the
+    request's site (L{GatewaySite}); on a site that has none, each event is
+    written at once.
 
     Headers go out with the first event, so a failure before any event
     can still be answered with a proper JSON error and status.
@@ -40,11 +43,15 @@ class EventStream:
     """
 
     def __init__(
-        self, request: Any, max_buffer: int = 8 * 1024 * 1024, clock: Optional[IReactorTime] = None
+        self,
+        request: Any,
+        max_buffer: int = 8 * 1024 * 1024,
+        flusher: Optional[TurnFlusher] = None,
     ) -> None:
-        if clock is None:
-            from twisted.internet import reactor as clock
-        self._flusher = flusher_for(clock)
+        if flusher is None:
+            site = getattr(request.channel, "site", None)
+            flusher = getattr(site, "flusher", None)
+        self._flusher = flusher
         self._scheduled = False
         self._request = request
         self._max_buffer = max_buffer
@@ -87,6 +94,8 @@ class EventStream:
         if self._paused:
             if self._held_size > self._max_buffer:
                 self._overflow()
+        elif self._flusher is None:
+            self._flush()
         elif not self._scheduled:
             self._scheduled = True
             self._flusher.add(self)

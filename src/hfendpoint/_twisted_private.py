@@ -1,0 +1,208 @@
+"""
+Every name of Twisted's that is not public API and that the gateway uses,
+in one place, checked when this module is imported.
+
+Each use buys speed that Twisted's public API does not offer (see
+L{send}); none is needed for the gateway to work. When a name is missing
+or no longer looks as expected (a Twisted upgrade renamed or reshaped
+it), or when the environment variable C{HFENDPOINT_PUBLIC_TWISTED_ONLY}
+is set to anything but C{""} or C{"0"}, the gateway takes the public path
+instead: plain C{transport.write}, and Twisted's own HTTP channel.
+L{PUBLIC_ONLY_REASON} then says why.
+
+The private names, all read here and nowhere else:
+
+ - of a TCP transport (C{twisted.internet.abstract.FileDescriptor}):
+   C{dataBuffer}, C{offset}, C{_tempDataLen}, C{_writeDisconnected} (to
+   know that the transport holds nothing, so that its socket may be
+   written to directly) and C{_maybePauseProducer} (to hand the transport
+   what the socket did not take without copying it);
+ - of L{twisted.web.http}: C{HTTPChannel._send100Continue} and
+   C{HTTPChannel._respondToBadRequestAndDisconnect} (the two writes
+   Twisted's channel makes to its transport itself, which must not pass
+   what the channel holds), and C{_GenericHTTPChannelProtocol} (the
+   protocol Twisted's site wraps its channel in).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+from twisted.internet import abstract, tcp
+from twisted.web import http
+
+#: The environment variable that forces the public path.
+PUBLIC_ONLY_VARIABLE = "HFENDPOINT_PUBLIC_TWISTED_ONLY"
+
+_CHANNEL_WRITES = ("_send100Continue", "_respondToBadRequestAndDisconnect")
+
+
+class _NoReactor:
+    """
+    Enough of a reactor for a L{abstract.FileDescriptor} that is only
+    looked at.
+    """
+
+
+def missing_names() -> list[str]:
+    """
+    The private names this module relies on that the installed Twisted
+    does not have, or has in another shape.
+    """
+    missing = []
+    try:
+        descriptor: Any = abstract.FileDescriptor(reactor=_NoReactor())  # type: ignore[arg-type]
+    except Exception:
+        return ["FileDescriptor(reactor=...)"]
+    for name, kind in (
+        ("dataBuffer", bytes),
+        ("offset", int),
+        ("_tempDataLen", int),
+        ("_writeDisconnected", bool),
+    ):
+        if not isinstance(getattr(descriptor, name, None), kind):
+            missing.append(name)
+    if not callable(getattr(descriptor, "_maybePauseProducer", None)):
+        missing.append("_maybePauseProducer")
+    for name in _CHANNEL_WRITES:
+        if not callable(getattr(http.HTTPChannel, name, None)):
+            missing.append(name)
+    if not callable(getattr(http, "_GenericHTTPChannelProtocol", None)):
+        missing.append("_GenericHTTPChannelProtocol")
+    return missing
+
+
+def _public_only_reason() -> Optional[str]:
+    if os.environ.get(PUBLIC_ONLY_VARIABLE, "") not in ("", "0"):
+        return f"{PUBLIC_ONLY_VARIABLE} is set"
+    missing = missing_names()
+    if missing:
+        return "this Twisted has no " + ", ".join(missing)
+    return None
+
+
+#: Why the public path is taken, or C{None} when the private names are used.
+PUBLIC_ONLY_REASON = _public_only_reason()
+
+#: Whether writes may go straight to a TCP socket, and the site's channel
+#: hold what its responses write during a turn.
+DIRECT = PUBLIC_ONLY_REASON is None
+
+
+def direct_transport(transport: Any) -> bool:
+    """
+    Whether L{send} writes to C{transport}'s socket itself: a TCP (or UNIX
+    stream) connection of Twisted's POSIX reactors, with the private names
+    present.
+    """
+    return DIRECT and isinstance(transport, tcp.Connection)
+
+
+def send(transport: Any, data: bytes) -> None:
+    """
+    Write C{data} to a transport: straight to its socket when it is a
+    L{direct_transport} that holds nothing, and what the socket did not
+    take into the transport's buffer, which then sends it as it would have.
+
+    A Twisted transport buffers every write and sends it when the reactor
+    next finds the socket writable, registering the socket with epoll and
+    removing it again around each write. The gateway's sockets are nearly
+    always writable and its writes small (a JSON body, a token's event, a
+    call to the worker), so that machinery cost more than the C{send}
+    itself, and a trip through the reactor's loop for each response.
+    """
+    if not (DIRECT and isinstance(transport, tcp.Connection)) or not transport_empty(transport):
+        transport.write(data)
+        return
+    try:
+        sent = transport.getHandle().send(data)
+    except OSError:
+        # Busy, or broken: the transport meets it and handles it its way.
+        sent = 0
+    if sent < len(data):
+        _leave(transport, data, sent)
+
+
+def send_parts(transport: Any, parts: list[bytes]) -> None:
+    """
+    Like L{send}, for a few big parts (an image and its framing), gathered
+    by the kernel rather than joined here first: only what the socket does
+    not take at once is copied.
+    """
+    if not (DIRECT and isinstance(transport, tcp.Connection)) or not transport_empty(transport):
+        transport.writeSequence(parts)
+        return
+    try:
+        sent = transport.getHandle().sendmsg(parts)
+    except OSError:
+        sent = 0
+    for i, part in enumerate(parts):
+        if sent < len(part):
+            _leave(transport, b"".join([memoryview(part)[sent:], *parts[i + 1 :]]), 0)
+            return
+        sent -= len(part)
+
+
+def _leave(transport: Any, data: bytes, offset: int) -> None:
+    """
+    Hand what the socket did not take to the transport, whose buffer is
+    empty: C{data} from C{offset} becomes that buffer, without a copy, and
+    the transport sends it when it can and pauses the producer if it must.
+    """
+    transport.dataBuffer = data
+    transport.offset = offset
+    transport.startWriting()
+    transport._maybePauseProducer()
+
+
+def transport_empty(transport: Any) -> bool:
+    """
+    Whether C{transport} is open and holds nothing, so that its socket may
+    be written to directly.
+    """
+    return bool(
+        transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnected
+        and not transport_holds(transport)
+    )
+
+
+def transport_holds(transport: Any) -> bool:
+    """
+    Whether C{transport} holds bytes it has not sent yet.
+    """
+    return bool(transport._tempDataLen or len(transport.dataBuffer) > transport.offset)
+
+
+class FlushingHTTPChannel(http.HTTPChannel):
+    """
+    An L{http.HTTPChannel} that calls C{self.flush_now()} before each write
+    Twisted's channel makes to its transport itself, so that what a
+    subclass holds leaves first and bytes go out in the order written.
+    Only used when L{DIRECT}.
+    """
+
+    def flush_now(self) -> None:
+        """
+        Send what is held.
+        """
+
+    def _send100Continue(self) -> None:
+        self.flush_now()
+        super()._send100Continue()
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        self.flush_now()
+        super()._respondToBadRequestAndDisconnect()
+
+
+def site_protocol(channel: http.HTTPChannel) -> Any:
+    """
+    The protocol of one connection of a site around C{channel}, as
+    Twisted's own site builds it (the wrapper that can switch to HTTP/2
+    after TLS negotiation). Only used when L{DIRECT}.
+    """
+    return http._GenericHTTPChannelProtocol(channel)
+
