@@ -311,7 +311,7 @@ class Chat:
                 if self.is_end(self.vocab, token):
                     finish_reason = "stop"
                     break
-                piece = llama.detokenize([token], prev_tokens=prompt + tokens[:-1])
+                piece = llama.detokenize([token])
                 text, stopped = stops.feed(decoder.decode(piece))
                 if text:
                     yield chunk(text)
