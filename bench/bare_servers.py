@@ -6,7 +6,7 @@ server that does nothing else.
     python bench/bare_servers.py --kind twisted|klein --port P --recordings FILE
 
 The runner records the gateway's answer to every request a scenario sends
-(bench/run.py, ``record``) and hands the recordings to these servers, which
+(bench/servers.py, ``record``) and hands the recordings to these servers, which
 look each request up by path and body and replay the answer: a plain body,
 a stream of server-sent events (the recorded first, token, finish and
 [DONE] events, one write each, paced on the null worker's shared clock), or an
