@@ -308,6 +308,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--baseline", metavar="SRC_DIR",
                         help="also measure the gateway of this source tree (a checkout of hfendpoint), side by side: "
                              "\"gateway (before)\", and the ratio after/before")
+    parser.add_argument("--baseline-arg", metavar="OPTION", action="append", default=[],
+                        help="an option for the baseline gateway's command (repeatable): with --baseline . "
+                             "--baseline-arg=--no-metrics, what the metrics cost")
     args = parser.parse_args(argv)
     baseline = None
     if args.baseline:
@@ -341,7 +344,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if baseline:
         runner.gateways.append(BEFORE)
         runner.sources[BEFORE] = baseline
-        results["baseline"] = {"module": gateway_module(baseline), "git": git_state(baseline)}
+        results["baseline"] = {"module": gateway_module(baseline), "git": git_state(baseline), "options": args.baseline_arg}
     started = time.monotonic()
     try:
         print(f"starting the gateway, logs in {os.path.relpath(logdir, REPO)}", file=sys.stderr)
@@ -354,7 +357,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         results["idle_rss_kb_after_recording"] = {"gateway": rss_kb(gateway.pid), "worker": rss_kb(gateway.worker_pid or 0)}
         if baseline:
             print(f"starting the gateway before ({results['baseline']['git']['commit']})", file=sys.stderr)
-            before = start_gateway(logdir, BEFORE, baseline)
+            before = start_gateway(logdir, BEFORE, baseline, args.baseline_arg)
             runner.servers[BEFORE] = before
             results["idle_rss_kb"].update({BEFORE: rss_kb(before.pid), f"{BEFORE}_worker": rss_kb(before.worker_pid or 0)})
             # The same questions, checked the same way (the bare servers

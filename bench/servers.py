@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import shapes
 from loadclient import ResponseParser, http_request
@@ -147,12 +147,15 @@ def gateway_module(src_dir: str) -> str:
     return "hfendpoint.cli" if os.path.exists(os.path.join(src_dir, "src", "hfendpoint", "cli.py")) else "hfendpoint"
 
 
-def start_gateway(logdir: str, name: str = "gateway", src_dir: Optional[str] = None) -> Server:
+def start_gateway(
+    logdir: str, name: str = "gateway", src_dir: Optional[str] = None, options: Sequence[str] = ()
+) -> Server:
     """
     The gateway of this tree, as the interpreter finds it, or (C{src_dir})
     the one of another source tree, with C{SRC_DIR/src} first on its
     C{PYTHONPATH}: its worker, started by it, imports that tree's worker
-    library too. Both run this tree's bench/null_worker.py.
+    library too. Both run this tree's bench/null_worker.py. C{options} go
+    to its command line (C{--no-metrics}, to measure what metrics cost).
     """
     port = free_port()
     env = dict(os.environ)
@@ -162,7 +165,7 @@ def start_gateway(logdir: str, name: str = "gateway", src_dir: Optional[str] = N
     if src_dir is not None:
         module = gateway_module(src_dir)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (os.path.join(src_dir, "src"), env.get("PYTHONPATH")) if p)
-    argv = [sys.executable, "-m", module, "--host", HOST, "--port", str(port), "bench/null_worker.py"]
+    argv = [sys.executable, "-m", module, "--host", HOST, "--port", str(port), *options, "bench/null_worker.py"]
     server = Server(name, argv, port, os.path.join(logdir, f"{name}.log"), env)
     wait_ready(server, "/ready")
     workers = children_of(server.pid)
