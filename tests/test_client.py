@@ -181,6 +181,22 @@ class RequestTests(SynchronousTestCase):
         self.assertEqual((error.status, error.type, error.message), (500, "api_error", "out of memory"))
         self.assertEqual(h.client.pending_count(), 0)
 
+    def test_error_reply_blaming_the_request(self):
+        """
+        A worker's 4xx status makes a client error; anything else a 500.
+        """
+        h = Harness()
+        d = h.client.call("embeddings", {})
+        h.reply(id=1, error="the prompt is too long", status=400)
+        error = self.failureResultOf(d, OpenAIError).value
+        self.assertEqual(
+            (error.status, error.type, error.message), (400, "invalid_request_error", "the prompt is too long")
+        )
+        for ident, status in enumerate((500, 302, "400", True), 2):
+            d = h.client.call("embeddings", {})
+            h.reply(id=ident, error="x", status=status)
+            self.assertEqual(self.failureResultOf(d, OpenAIError).value.status, 500, status)
+
     def test_error_ends_a_stream(self):
         h = Harness()
         chunks = []

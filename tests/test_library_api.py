@@ -30,7 +30,7 @@ class PublicAPITests(SynchronousTestCase):
     def test_exports(self) -> None:
         self.assertEqual(
             set(hfendpoint.__all__),
-            {"Cancelled", "WorkerError", "__version__", "handler", "run"},
+            {"Cancelled", "InvalidRequest", "WorkerError", "__version__", "handler", "run"},
         )
         for name in hfendpoint.__all__:
             self.assertTrue(hasattr(hfendpoint, name), name)
@@ -47,6 +47,7 @@ class PublicAPITests(SynchronousTestCase):
             {
                 "Cancelled",
                 "Connection",
+                "InvalidRequest",
                 "WorkerError",
                 "handler",
                 "legacy_calls",
@@ -57,7 +58,7 @@ class PublicAPITests(SynchronousTestCase):
         )
         for name in hfendpoint.library.__all__:
             self.assertTrue(hasattr(hfendpoint.library, name), name)
-        for name in ("Cancelled", "WorkerError", "handler", "run"):
+        for name in ("Cancelled", "InvalidRequest", "WorkerError", "handler", "run"):
             self.assertIs(getattr(hfendpoint, name), getattr(hfendpoint.library, name))
 
     def test_no_twisted(self) -> None:

@@ -103,6 +103,27 @@ class ModernHandlerTests(SynchronousTestCase):
 
         self.assertEqual(self.call(refuse), [{"id": 1, "error": "input must not be empty"}])
 
+    def test_client_status(self) -> None:
+        """
+        A request at fault carries its 4xx status; any other stays a plain
+        error, which the gateway answers with a 500.
+        """
+
+        async def invalid(data: Any) -> Any:
+            raise hfendpoint.InvalidRequest("the prompt is too long")
+
+        async def conflict(data: Any) -> Any:
+            raise hfendpoint.WorkerError("busy", status=409)
+
+        async def not_a_client_error(data: Any) -> Any:
+            raise hfendpoint.WorkerError("broken", status=503)
+
+        self.assertEqual(
+            self.call(invalid), [{"id": 1, "error": "the prompt is too long", "status": 400}]
+        )
+        self.assertEqual(self.call(conflict), [{"id": 1, "error": "busy", "status": 409}])
+        self.assertEqual(self.call(not_a_client_error), [{"id": 1, "error": "broken"}])
+
     def test_empty_message(self) -> None:
         """
         An exception without a message still says something.

@@ -164,7 +164,7 @@ class GatewayTests(TestCase):
 
         import openai
 
-        with self.assertRaises(openai.InternalServerError) as caught:
+        with self.assertRaises(openai.BadRequestError) as caught:
             await in_thread(client.images.generate, prompt=PROMPT, size="512x64")
         self.assertIn("must be integers from 1 to 256", str(caught.exception))
 
@@ -191,10 +191,10 @@ class GatewayTests(TestCase):
         import openai
 
         broken = tiny_png(8, 8)[:40]
-        with self.assertRaises(openai.InternalServerError) as caught:
+        with self.assertRaises(openai.BadRequestError) as caught:
             await in_thread(client.images.edit, image=("b.png", broken, "image/png"), prompt=PROMPT)
         self.assertIn("image could not be decoded", str(caught.exception))
-        with self.assertRaises(openai.InternalServerError) as caught:
+        with self.assertRaises(openai.BadRequestError) as caught:
             await in_thread(
                 client.images.edit, image=image, mask=("m.png", tiny_png(40, 40), "image/png"), prompt=PROMPT
             )

@@ -222,7 +222,7 @@ class ChatTests(GatewayTestCase):
             ({"logit_bias": {"5000": 1}}, "no token id of this model"),
         ]:
             failure = yield self.assertFailure(
-                self.chat(max_tokens=2, **kwargs), openai.InternalServerError
+                self.chat(max_tokens=2, **kwargs), openai.BadRequestError
             )
             self.assertIn(words, str(failure))
 
@@ -279,7 +279,7 @@ class EmbeddingTests(GatewayTestCase):
         """
         import openai
 
-        failure = yield self.assertFailure(self.embed([[1, 2, 5000]]), openai.InternalServerError)
+        failure = yield self.assertFailure(self.embed([[1, 2, 5000]]), openai.BadRequestError)
         self.assertIn("token id 5000", str(failure))
 
     @inlineCallbacks

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
+from hfendpoint.wire import is_client_status
+
 
 class OpenAIError(Exception):
     """
@@ -76,10 +78,13 @@ def not_found(message: str, code: Optional[str] = "not_found") -> OpenAIError:
     return OpenAIError(404, message, "invalid_request_error", None, code)
 
 
-def worker_failed(message: str) -> OpenAIError:
+def worker_failed(message: str, status: object = None) -> OpenAIError:
     """
-    A 500: the worker answered the request with an C{error} reply.
+    The worker answered the request with an C{error} reply: a 500, or the
+    4xx the worker gave when the request itself is at fault.
     """
+    if is_client_status(status):
+        return OpenAIError(status, message, "invalid_request_error", None, None)
     return OpenAIError(500, message, "api_error", None, "worker_error")
 
 

@@ -85,3 +85,15 @@ FLOAT32_VECTORS = "float32_vectors"
 #: In the worker's C{features}: it makes C{n} chat choices itself, tagging
 #: each chunk with its C{index}, instead of one call per choice.
 CHAT_N = "chat_n"
+
+
+#: An error reply's optional HTTP status, for a request the client got
+#: wrong (a 4xx); without it, or from an older worker, the error is a 500.
+ERROR_STATUS_KEY = "status"
+
+
+def is_client_status(status: object) -> bool:
+    """
+    Whether C{status} is an HTTP status that blames the request.
+    """
+    return type(status) is int and 400 <= status <= 499

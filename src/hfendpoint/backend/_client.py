@@ -227,7 +227,7 @@ class WorkerClient:
             return
         if "error" in message:
             self._finish(call)
-            self._fail(call, worker_failed(str(message["error"])))
+            self._fail(call, worker_failed(str(message["error"]), message.get("status")))
         elif "data" in message:
             self._deliver(call, message["data"], last)
         else:

@@ -38,11 +38,12 @@ starts it all.
 
 from hfendpoint.library._calls import legacy_calls, modern_calls
 from hfendpoint.library._connection import Connection
-from hfendpoint.library._errors import Cancelled, WorkerError
+from hfendpoint.library._errors import Cancelled, InvalidRequest, WorkerError
 from hfendpoint.library._run import handler, run, serve
 
 __all__ = [
     "Cancelled",
+    "InvalidRequest",
     "Connection",
     "WorkerError",
     "handler",

@@ -24,11 +24,13 @@ from hfendpoint.wire import (
     CANCEL_KEY,
     DESCRIBE,
     EMBEDDINGS,
+    ERROR_STATUS_KEY,
     FEATURES_KEY,
     FLOAT32_VECTORS,
     MODEL_KEY,
     PROTOCOL_KEY,
     PROTOCOL_VERSION,
+    is_client_status,
 )
 
 log = logging.getLogger("hfendpoint")
@@ -207,14 +209,17 @@ class Connection:
         log, an expected L{WorkerError} a single line.
         """
         message = str(error) or type(error).__name__
+        reply = {"id": request.id, "error": message}
         if isinstance(error, WorkerError):
             log.warning("Request %d (%s) failed: %s", request.id, request.name, message)
+            if is_client_status(error.status):
+                reply[ERROR_STATUS_KEY] = error.status
         else:
             log.error(
                 "Request %d (%s) failed", request.id, request.name, exc_info=error
             )
         with contextlib.suppress(Cancelled):
-            await self.send({"id": request.id, "error": message})
+            await self.send(reply)
 
     async def describe(self, request: Request, data: Any) -> None:
         """

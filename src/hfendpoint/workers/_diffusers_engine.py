@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 
 from PIL import Image
 
-from hfendpoint import WorkerError
+from hfendpoint import InvalidRequest, WorkerError
 
 from ._diffusers_images import ImageRequest, fit, png_bytes, working_size
 
@@ -297,12 +297,12 @@ class Painter:
         arguments["image"] = fit(request.image, width, height)
         if request.mask is not None:
             if self.pipelines.inpainting is None:
-                raise WorkerError("this model cannot inpaint: send the edit without a mask")
+                raise InvalidRequest("this model cannot inpaint: send the edit without a mask")
             pipeline = self.pipelines.inpainting
             arguments["mask_image"] = fit(request.mask, width, height, Image.Resampling.BILINEAR)
         else:
             if self.pipelines.image2image is None:
-                raise WorkerError("this model cannot edit images without a mask")
+                raise InvalidRequest("this model cannot edit images without a mask")
             pipeline = self.pipelines.image2image
             arguments["strength"] = settings.strength
         if settings.steps is not None:

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from PIL import Image, UnidentifiedImageError
 
-from hfendpoint import WorkerError
+from hfendpoint import InvalidRequest
 
 #: The gateway sends at most 10 images per request; a worker talking to
 #: another gateway still bounds what one request may cost.
@@ -47,16 +47,16 @@ def parse_request(data: Any, max_side: int, edit: bool) -> ImageRequest:
 
     @param max_side: the largest width or height this worker makes.
     @param edit: whether this is an edit, which needs an C{image}.
-    @raise WorkerError: naming the field that is wrong.
+    @raise InvalidRequest: naming the field that is wrong.
     """
     if not isinstance(data, dict):
-        raise WorkerError("the request must be a map")
+        raise InvalidRequest("the request must be a map")
     prompt = data.get("prompt", "")
     if not isinstance(prompt, str):
-        raise WorkerError("prompt must be a string")
+        raise InvalidRequest("prompt must be a string")
     n = data.get("n", 1)
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_IMAGES:
-        raise WorkerError(f"n must be an integer from 1 to {MAX_IMAGES}")
+        raise InvalidRequest(f"n must be an integer from 1 to {MAX_IMAGES}")
     width, height = parse_size(data.get("width", DEFAULT_SIDE), data.get("height", DEFAULT_SIDE), max_side)
     if not edit:
         return ImageRequest(prompt, n, width, height)
@@ -69,11 +69,11 @@ def parse_request(data: Any, max_side: int, edit: bool) -> ImageRequest:
 
 def parse_size(width: Any, height: Any, max_side: int) -> tuple[int, int]:
     """
-    @raise WorkerError: unless both sides are integers from 1 to C{max_side}.
+    @raise InvalidRequest: unless both sides are integers from 1 to C{max_side}.
     """
     for value in (width, height):
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= max_side:
-            raise WorkerError(
+            raise InvalidRequest(
                 f"Invalid size {width!r}x{height!r}: width and height must be "
                 f"integers from 1 to {max_side} for this model."
             )
@@ -85,24 +85,24 @@ def decode_image(data: Any, name: str) -> Image.Image:
     Decode an image sent as bytes, fully, so that a truncated file fails
     here rather than inside the model.
 
-    @raise WorkerError: if C{data} is no image Pillow can read.
+    @raise InvalidRequest: if C{data} is no image Pillow can read.
     """
     if not isinstance(data, bytes) or not data:
-        raise WorkerError(f"{name} must be the bytes of an image")
+        raise InvalidRequest(f"{name} must be the bytes of an image")
     try:
         with Image.open(io.BytesIO(data)) as opened:
             if opened.width * opened.height > MAX_INPUT_PIXELS:
-                raise WorkerError(
+                raise InvalidRequest(
                     f"{name} is too large ({opened.width}x{opened.height} pixels)"
                 )
             opened.load()
             return opened.copy()
-    except WorkerError:
+    except InvalidRequest:
         raise
     except UnidentifiedImageError:
-        raise WorkerError(f"{name} could not be decoded: it is in no image format this worker reads") from None
+        raise InvalidRequest(f"{name} could not be decoded: it is in no image format this worker reads") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        raise WorkerError(f"{name} could not be decoded: {error}") from None
+        raise InvalidRequest(f"{name} could not be decoded: {error}") from None
 
 
 def rgb(image: Image.Image) -> Image.Image:
@@ -126,11 +126,11 @@ def repaint_mask(mask: Image.Image) -> Image.Image:
     where it keeps. So the result is the mask's alpha inverted: partly
     transparent pixels become grey, which the pipeline rounds either way.
 
-    @raise WorkerError: for a mask without transparency, which marks
+    @raise InvalidRequest: for a mask without transparency, which marks
         nothing to edit in OpenAI's convention.
     """
     if not has_transparency(mask):
-        raise WorkerError(
+        raise InvalidRequest(
             "mask must have an alpha channel: its transparent pixels mark "
             "where the image is to be edited"
         )

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from hfendpoint import WorkerError
+from hfendpoint import InvalidRequest
 
 #: The sampling fields of llama.cpp that OpenAI lacks, read when given:
 #: name, smallest and largest value, default (which leaves them off).
@@ -65,10 +65,10 @@ def number(data: Mapping[str, Any], key: str, low: float, high: Optional[float],
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise WorkerError(f"{key} must be a number")
+        raise InvalidRequest(f"{key} must be a number")
     if value < low or (high is not None and value > high):
         bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
-        raise WorkerError(f"{key} must be {bounds}, not {value}")
+        raise InvalidRequest(f"{key} must be {bounds}, not {value}")
     return int(value) if isinstance(default, int) else float(value)
 
 
@@ -77,7 +77,7 @@ def integer(data: Mapping[str, Any], key: str) -> Optional[int]:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise WorkerError(f"{key} must be an integer")
+        raise InvalidRequest(f"{key} must be an integer")
     return value
 
 
@@ -88,7 +88,7 @@ def message_content(index: int, message: Any) -> dict[str, Any]:
     model here reads text only.
     """
     if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
-        raise WorkerError(f"messages[{index}] must be a map with a role")
+        raise InvalidRequest(f"messages[{index}] must be a map with a role")
     content = message.get("content")
     if content is None:
         content = ""
@@ -97,14 +97,14 @@ def message_content(index: int, message: Any) -> dict[str, Any]:
         for part in content:
             kind = part.get("type") if isinstance(part, Mapping) else None
             if kind not in TEXT_PARTS or not isinstance(part.get("text"), str):
-                raise WorkerError(
+                raise InvalidRequest(
                     f"messages[{index}] has a content part of type {kind!r}: "
                     "this model reads text only"
                 )
             texts.append(part["text"])
         content = "".join(texts)
     elif not isinstance(content, str):
-        raise WorkerError(f"messages[{index}].content must be a string or a list of parts")
+        raise InvalidRequest(f"messages[{index}].content must be a string or a list of parts")
     return {**message, "content": content}
 
 
@@ -115,7 +115,7 @@ def stop_strings(data: Mapping[str, Any]) -> list[str]:
     if isinstance(stop, str):
         stop = [stop]
     if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-        raise WorkerError("stop must be a string or a list of strings")
+        raise InvalidRequest("stop must be a string or a list of strings")
     return [s for s in stop if s]
 
 
@@ -124,7 +124,7 @@ def logit_bias(data: Mapping[str, Any], vocabulary: int) -> dict[int, float]:
     if bias is None:
         return {}
     if not isinstance(bias, Mapping):
-        raise WorkerError("logit_bias must be a map of token ids to numbers")
+        raise InvalidRequest("logit_bias must be a map of token ids to numbers")
     result = {}
     for key, value in bias.items():
         try:
@@ -132,9 +132,9 @@ def logit_bias(data: Mapping[str, Any], vocabulary: int) -> dict[int, float]:
         except (TypeError, ValueError):
             token = -1
         if not 0 <= token < vocabulary:
-            raise WorkerError(f"logit_bias: {key!r} is no token id of this model (0 to {vocabulary - 1})")
+            raise InvalidRequest(f"logit_bias: {key!r} is no token id of this model (0 to {vocabulary - 1})")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise WorkerError(f"logit_bias[{key!r}] must be a number")
+            raise InvalidRequest(f"logit_bias[{key!r}] must be a number")
         result[token] = float(value)
     return result
 
@@ -144,38 +144,38 @@ def refuse_unsupported(data: Mapping[str, Any]) -> None:
     Refuse what this worker cannot honour rather than answer as if it had.
     """
     if data.get("n") not in (None, 1):
-        raise WorkerError("n must be 1: the gateway sends one call per choice")
+        raise InvalidRequest("n must be 1: the gateway sends one call per choice")
     if data.get("logprobs"):
-        raise WorkerError("logprobs are not supported by the llama.cpp worker")
+        raise InvalidRequest("logprobs are not supported by the llama.cpp worker")
     if data.get("tools") and data.get("tool_choice") != "none":
-        raise WorkerError("tools are not supported by the llama.cpp worker")
+        raise InvalidRequest("tools are not supported by the llama.cpp worker")
     response_format = data.get("response_format")
     if isinstance(response_format, Mapping) and response_format.get("type") not in (None, "text"):
-        raise WorkerError("only the text response_format is supported by the llama.cpp worker")
+        raise InvalidRequest("only the text response_format is supported by the llama.cpp worker")
 
 
 def parse_chat(data: Any, vocabulary: int) -> ChatRequest:
     """
-    @raise WorkerError: for a request this worker cannot serve, saying why.
+    @raise InvalidRequest: for a request this worker cannot serve, saying why.
     """
     if not isinstance(data, Mapping):
-        raise WorkerError("a chat request must be a map")
+        raise InvalidRequest("a chat request must be a map")
     refuse_unsupported(data)
     prompt = data.get("prompt")
     messages = None
     if prompt is not None:
         if not isinstance(prompt, str):
-            raise WorkerError("prompt must be a string")
+            raise InvalidRequest("prompt must be a string")
     else:
         raw = data.get("messages")
         if not isinstance(raw, list) or not raw:
-            raise WorkerError("messages must be a non-empty list")
+            raise InvalidRequest("messages must be a non-empty list")
         messages = [message_content(index, message) for index, message in enumerate(raw)]
     max_tokens = integer(data, "max_tokens")
     if max_tokens is None:
         max_tokens = integer(data, "max_completion_tokens")
     if max_tokens is not None and max_tokens < 0:
-        raise WorkerError("max_tokens must not be negative")
+        raise InvalidRequest("max_tokens must not be negative")
     seed = integer(data, "seed")
     return ChatRequest(
         messages=messages,
@@ -256,7 +256,7 @@ class Chat:
         try:
             formatted = self.template(messages=request.messages)
         except Exception as error:
-            raise WorkerError(f"the model's chat template refused the messages: {error}") from None
+            raise InvalidRequest(f"the model's chat template refused the messages: {error}") from None
         return self.llama.tokenize(
             formatted.prompt.encode("utf-8"),
             add_bos=not formatted.added_special,
@@ -273,7 +273,7 @@ class Chat:
         prompt = self.prompt_tokens(request)
         room = llama.n_ctx() - len(prompt)
         if room < 1:
-            raise WorkerError(
+            raise InvalidRequest(
                 f"the prompt is {len(prompt)} tokens long: the context (--n-ctx) "
                 f"holds {llama.n_ctx()} with the reply"
             )

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from hfendpoint import WorkerError
+from hfendpoint import InvalidRequest
 
 #: The poolings C{--pooling} names, as llama.cpp numbers them.
 POOLINGS = {"mean": 1, "cls": 2, "last": 3}
@@ -28,7 +28,7 @@ def tokenize(llama: Any, data: Any) -> dict[str, Any]:
     """
     texts = data.get("input") if isinstance(data, dict) else None
     if not isinstance(texts, list) or not all(isinstance(text, str) for text in texts):
-        raise WorkerError("input must be a list of strings")
+        raise InvalidRequest("input must be a list of strings")
     return {
         "tokens": [
             llama.tokenize(text.encode("utf-8"), add_bos=True, special=False) for text in texts
@@ -43,22 +43,22 @@ def token_lists(data: Any, vocabulary: int, longest: int) -> list[list[int]]:
     """
     inputs = data.get("input") if isinstance(data, dict) else None
     if not isinstance(inputs, list):
-        raise WorkerError("input must be a list of token lists")
+        raise InvalidRequest("input must be a list of token lists")
     for index, tokens in enumerate(inputs):
         if not isinstance(tokens, list) or not all(
             isinstance(token, int) and not isinstance(token, bool) for token in tokens
         ):
-            raise WorkerError(f"input {index} must be a list of token ids")
+            raise InvalidRequest(f"input {index} must be a list of token ids")
         if not tokens:
-            raise WorkerError(f"input {index} is empty")
+            raise InvalidRequest(f"input {index} is empty")
         if len(tokens) > longest:
-            raise WorkerError(
+            raise InvalidRequest(
                 f"input {index} is {len(tokens)} tokens long, more than the "
                 f"{longest} the context (--n-ctx) holds"
             )
         wrong = next((token for token in tokens if not 0 <= token < vocabulary), None)
         if wrong is not None:
-            raise WorkerError(
+            raise InvalidRequest(
                 f"input {index} has token id {wrong}, not one of this model's (0 to {vocabulary - 1})"
             )
     return inputs
@@ -115,14 +115,14 @@ class Embedder:
         c.llama_memory_clear(c.llama_get_memory(ctx), True)
         status = c.llama_decode(ctx, batch)
         if status != 0:
-            raise WorkerError(f"llama.cpp could not decode the input (status {status})")
+            raise InvalidRequest(f"llama.cpp could not decode the input (status {status})")
         rows = []
         first = 0
         for sequence, tokens in enumerate(group):
             if self.pooled:
                 pointer = c.llama_get_embeddings_seq(ctx, sequence)
                 if not pointer:
-                    raise WorkerError("llama.cpp pooled no embedding for this model")
+                    raise InvalidRequest("llama.cpp pooled no embedding for this model")
                 row = np.ctypeslib.as_array(pointer, shape=(self.size,)).astype(np.float64)
             else:
                 row = np.zeros(self.size)

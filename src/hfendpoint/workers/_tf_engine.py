@@ -24,7 +24,7 @@ from typing import Any, Optional
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from hfendpoint import WorkerError
+from hfendpoint import InvalidRequest
 
 from ._tf_request import ChatRequest
 from ._tf_sampling import generation_config, logits_processors, seed_for
@@ -273,7 +273,7 @@ class Engine:
         try:
             encoded = self.tokenizer.apply_chat_template(request.messages, **options)
         except Exception as error:
-            raise WorkerError(f"The chat template refused the conversation: {error}") from error
+            raise InvalidRequest(f"The chat template refused the conversation: {error}") from error
         return list(encoded["input_ids"])
 
     def run(self, job: Job) -> None:
@@ -288,7 +288,7 @@ class Engine:
         ids = self.prompt(request)
         room = self.max_model_len - len(ids)
         if room <= 0:
-            raise WorkerError(
+            raise InvalidRequest(
                 f"The prompt is {len(ids)} tokens long; this model takes {self.max_model_len} "
                 "tokens in all, prompt and reply."
             )

@@ -1,7 +1,7 @@
 """
 A C{chat_completions} request read into what generation needs: the
 conversation in the shape chat templates expect, the tools, and the
-sampling settings, each checked so that a bad value is a L{WorkerError}
+sampling settings, each checked so that a bad value is a L{InvalidRequest}
 naming it rather than a failure deep inside the model.
 """
 
@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from hfendpoint import WorkerError
+from hfendpoint import InvalidRequest
 
 #: Roles that chat templates know, for the OpenAI roles that they do not.
 ROLE_NAMES = {"developer": "system", "function": "tool"}
@@ -57,7 +57,7 @@ def number(data: dict[str, Any], key: str, low: float, high: float) -> Optional[
     if value is None:
         return None
     if not is_number(value) or not low <= value <= high:
-        raise WorkerError(f"{key} must be a number from {low:g} to {high:g}")
+        raise InvalidRequest(f"{key} must be a number from {low:g} to {high:g}")
     return float(value)
 
 
@@ -70,7 +70,7 @@ def token_limit(data: dict[str, Any]) -> Optional[int]:
         if value is None:
             continue
         if not is_integer(value) or value < 0:
-            raise WorkerError(f"{key} must be a non-negative integer")
+            raise InvalidRequest(f"{key} must be a non-negative integer")
         return value
     return None
 
@@ -83,7 +83,7 @@ def stop_strings(data: dict[str, Any]) -> list[str]:
         return [stop]
     if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
         return list(stop)
-    raise WorkerError("stop must be a string or a list of strings")
+    raise InvalidRequest("stop must be a string or a list of strings")
 
 
 def logit_bias(data: dict[str, Any], vocabulary: int) -> dict[int, float]:
@@ -91,17 +91,17 @@ def logit_bias(data: dict[str, Any], vocabulary: int) -> dict[int, float]:
     if bias is None:
         return {}
     if not isinstance(bias, dict):
-        raise WorkerError("logit_bias must be a map of token ids to numbers")
+        raise InvalidRequest("logit_bias must be a map of token ids to numbers")
     out = {}
     for key, value in bias.items():
         try:
             token = int(key)
         except (TypeError, ValueError):
-            raise WorkerError(f"logit_bias: {key!r} is not a token id") from None
+            raise InvalidRequest(f"logit_bias: {key!r} is not a token id") from None
         if not 0 <= token < vocabulary:
-            raise WorkerError(f"logit_bias: token {token} is not in the vocabulary")
+            raise InvalidRequest(f"logit_bias: token {token} is not in the vocabulary")
         if not is_number(value) or not -100 <= value <= 100:
-            raise WorkerError(f"logit_bias: the bias of token {token} must be from -100 to 100")
+            raise InvalidRequest(f"logit_bias: the bias of token {token} must be from -100 to 100")
         out[token] = float(value)
     return out
 
@@ -115,18 +115,18 @@ def content_text(content: Any, index: int) -> Optional[str]:
     if content is None or isinstance(content, str):
         return content
     if not isinstance(content, list):
-        raise WorkerError(f"messages[{index}].content must be a string or a list of parts")
+        raise InvalidRequest(f"messages[{index}].content must be a string or a list of parts")
     texts = []
     for part in content:
         if isinstance(part, str):
             texts.append(part)
         elif isinstance(part, dict) and part.get("type") in TEXT_PARTS:
             if not isinstance(part.get("text"), str):
-                raise WorkerError(f"messages[{index}]: a text part needs its text")
+                raise InvalidRequest(f"messages[{index}]: a text part needs its text")
             texts.append(part["text"])
         else:
             kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-            raise WorkerError(f"messages[{index}]: this model takes text only, not {kind!r} parts")
+            raise InvalidRequest(f"messages[{index}]: this model takes text only, not {kind!r} parts")
     return "\n".join(texts)
 
 
@@ -153,11 +153,11 @@ def template_tool_calls(calls: Any) -> list[dict[str, Any]]:
 
 def template_message(message: Any, index: int) -> dict[str, Any]:
     if not isinstance(message, dict):
-        raise WorkerError(f"messages[{index}] must be a map")
+        raise InvalidRequest(f"messages[{index}] must be a map")
     role = message.get("role")
     role = ROLE_NAMES.get(role, role) if isinstance(role, str) else role
     if role not in ROLES:
-        raise WorkerError(f"messages[{index}].role must be one of {', '.join(ROLES)}")
+        raise InvalidRequest(f"messages[{index}].role must be one of {', '.join(ROLES)}")
     out: dict[str, Any] = {"role": role, "content": content_text(message.get("content"), index)}
     if role != "assistant" and out["content"] is None:
         out["content"] = ""
@@ -178,7 +178,7 @@ def request_tools(data: dict[str, Any]) -> Optional[list[dict[str, Any]]]:
     if tools is None or data.get("tool_choice") == "none":
         return None
     if not isinstance(tools, list):
-        raise WorkerError("tools must be a list")
+        raise InvalidRequest("tools must be a list")
     functions = [
         tool
         for tool in tools
@@ -192,20 +192,20 @@ def request_tools(data: dict[str, Any]) -> Optional[list[dict[str, Any]]]:
 def read_request(data: Any, vocabulary: int) -> ChatRequest:
     """
     @param vocabulary: the model's vocabulary size, to check C{logit_bias}.
-    @raise WorkerError: for anything the model cannot be asked.
+    @raise InvalidRequest: for anything the model cannot be asked.
     """
     if not isinstance(data, dict):
-        raise WorkerError("the request must be a map")
+        raise InvalidRequest("the request must be a map")
     messages = data.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise WorkerError("messages must be a non-empty list")
+        raise InvalidRequest("messages must be a non-empty list")
     n = data.get("n", 1)
     n = 1 if n is None else n
     if not is_integer(n) or not 1 <= n <= MAX_CHOICES:
-        raise WorkerError(f"n must be an integer from 1 to {MAX_CHOICES}")
+        raise InvalidRequest(f"n must be an integer from 1 to {MAX_CHOICES}")
     seed = data.get("seed")
     if seed is not None and not is_integer(seed):
-        raise WorkerError("seed must be an integer")
+        raise InvalidRequest("seed must be an integer")
     return ChatRequest(
         messages=[template_message(m, i) for i, m in enumerate(messages)],
         tools=request_tools(data),
