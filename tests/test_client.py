@@ -12,7 +12,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from hfendpoint.backend._client import CANCEL, WorkerClient, WorkerInfo
+from hfendpoint.backend._client import WorkerClient, WorkerInfo
+from hfendpoint.wire import CANCEL
 from hfendpoint.errors import OpenAIError
 from hfendpoint.interfaces import IWorkerClient
 from hfendpoint.backend._protocol import IMessageReceiver, WorkerProtocol

@@ -13,7 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from hfendpoint.backend._client import DESCRIBE, WorkerClient
+from hfendpoint.backend._client import WorkerClient
+from hfendpoint.wire import DESCRIBE
 from hfendpoint.backend._supervisor import WorkerService, WorkerStartupError
 from hfendpoint.interfaces import IWorkerProcess, IWorkerSpawner
 

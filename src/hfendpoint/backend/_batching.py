@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 
 from hfendpoint.errors import worker_failed
 from hfendpoint.interfaces import IWorkerClient
+from hfendpoint.wire import EMBEDDINGS
 
 
 class _Waiter:
@@ -91,7 +92,7 @@ class EmbeddingBatcher:
         self._in_flight += 1
         self.batches += 1
         rows = [row for waiter in batch for row in waiter.tokens]
-        call = self._client.call("embeddings", {"input": rows})
+        call = self._client.call(EMBEDDINGS, {"input": rows})
         call.addCallbacks(self._deliver, self._fail, callbackArgs=(batch,), errbackArgs=(batch,))
         call.addBoth(self._next)
 

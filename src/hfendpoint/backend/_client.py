@@ -30,11 +30,9 @@ from hfendpoint.errors import (
 from hfendpoint.interfaces import IWorkerClient
 from hfendpoint.backend._protocol import IMessageReceiver, ProtocolViolation, WorkerProtocol
 from hfendpoint.web._coalescing import TurnFlusher
+from hfendpoint.wire import CANCEL
 
 #: The call names of our protocol extensions (PROTOCOL.md, "Extending it").
-DESCRIBE = "hfendpoint.describe"
-CANCEL = "hfendpoint.cancel"
-PROTOCOL_VERSION = 2
 
 OnReply = Callable[[Any], bool]
 MAX_ABANDONED = 4096

@@ -31,9 +31,8 @@ from zope.interface import implementer
 
 from hfendpoint.backend._protocol import DEFAULT_MAX_MESSAGE_SIZE, WorkerProtocolFactory
 from hfendpoint.interfaces import IWorkerProcess, IWorkerSpawner
+from hfendpoint.wire import FD_ENV, SOCKET_BUFFER_SIZE, WORKER_FD
 
-SOCKET_BUFFER_SIZE = 1024 * 1024
-WORKER_FD = 3
 MAX_STDERR_LINE = 64 * 1024
 
 # Python offers no pre-exec hook through spawnProcess, so a two-line
@@ -237,7 +236,7 @@ class ProcessSpawner:
             ours.setblocking(False)
             environment = dict(os.environ)
             environment.update(env or {})
-            environment["HFENDPOINT_FD"] = str(WORKER_FD)
+            environment[FD_ENV] = str(WORKER_FD)
             protocol = WorkerProcessProtocol()
             devnull = os.open(os.devnull, os.O_RDONLY)
             try:

@@ -19,8 +19,8 @@ from zope.interface import Attribute, Interface
 
 from hfendpoint.web._channel import HeldWrites
 from hfendpoint.web._coalescing import TurnFlusher
+from hfendpoint.wire import DEFAULT_MAX_MESSAGE_SIZE
 
-DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024 * 1024
 READ_SIZE = 1024 * 1024
 #: Replies handled between two flushes of what they wrote (see dataReceived).
 FLUSH_EVERY = 256

@@ -17,10 +17,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from hfendpoint.errors import OpenAIError
-from hfendpoint.backend._client import DESCRIBE, PROTOCOL_VERSION, WorkerClient, WorkerInfo
+from hfendpoint.backend._client import WorkerClient, WorkerInfo
 from hfendpoint.backend._process import ProcessSpawner
 from hfendpoint.backend._protocol import DEFAULT_MAX_MESSAGE_SIZE, WorkerProtocolFactory
 from hfendpoint.interfaces import IWorkerProcess, IWorkerSpawner
+from hfendpoint.wire import ACCEPTS_KEY, DESCRIBE, FLOAT32_VECTORS, GATEWAY, GATEWAY_KEY, PROTOCOL_KEY, PROTOCOL_VERSION
 
 #: Seconds between two looks at whether a silent worker has read the
 #: handshake yet (see L{WorkerService._no_handshake}).
@@ -28,7 +29,7 @@ READ_POLL = 0.1
 
 #: What the gateway says of itself in the handshake. C{accepts} lists the
 #: protocol extensions it reads: embedding vectors as float32 bytes.
-HANDSHAKE = {"protocol": PROTOCOL_VERSION, "gateway": "hfendpoint", "accepts": ["float32_vectors"]}
+HANDSHAKE = {PROTOCOL_KEY: PROTOCOL_VERSION, GATEWAY_KEY: GATEWAY, ACCEPTS_KEY: [FLOAT32_VECTORS]}
 
 
 class WorkerStartupError(Exception):

@@ -30,6 +30,7 @@ from hfendpoint.web._coalescing import TurnFlusher
 from hfendpoint.web._cors import CrossSiteResource
 from hfendpoint.web._request_id import RequestIdResource
 from hfendpoint.web._site import GatewaySite
+from hfendpoint.wire import WORKERS_ENV, WORKER_INDEX_ENV
 
 
 class GatewayService(MultiService):
@@ -160,8 +161,8 @@ class GatewayService(MultiService):
                 flusher=self.flusher,
             )
             env = dict(config.worker_env)
-            env["HFENDPOINT_WORKER_INDEX"] = str(index)
-            env["HFENDPOINT_WORKERS"] = str(config.workers)
+            env[WORKER_INDEX_ENV] = str(index)
+            env[WORKERS_ENV] = str(config.workers)
             service = WorkerService(
                 reactor,
                 command,

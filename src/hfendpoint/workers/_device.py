@@ -8,13 +8,15 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
+from hfendpoint.wire import WORKER_INDEX_ENV, WORKERS_ENV
+
 
 def worker_index() -> int:
     """
     This worker's index among the gateway's workers (0 when alone).
     """
     try:
-        return max(0, int(os.environ.get("HFENDPOINT_WORKER_INDEX", "0")))
+        return max(0, int(os.environ.get(WORKER_INDEX_ENV, "0")))
     except ValueError:
         return 0
 
@@ -50,7 +52,7 @@ def set_cpu_threads(device: str, threads: Optional[int] = None) -> None:
 
     if threads is None:
         try:
-            workers = max(1, int(os.environ.get("HFENDPOINT_WORKERS", "1")))
+            workers = max(1, int(os.environ.get(WORKERS_ENV, "1")))
         except ValueError:
             workers = 1
         threads = max(1, len(os.sched_getaffinity(0)) // workers)
