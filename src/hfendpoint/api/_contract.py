@@ -206,7 +206,14 @@ class Integer(Field):
         return value
 
     def type_schema(self, components: Components) -> Schema:
-        return {"type": "integer", "format": "int64", **_bounds(self.minimum, self.maximum)}
+        # Stated even when not declared: what the worker can take is checked.
+        return {
+            "type": "integer",
+            **_bounds(
+                INT64_MIN if self.minimum is None else self.minimum,
+                INT64_MAX if self.maximum is None else self.maximum,
+            ),
+        }
 
 
 @frozen(kw_only=True)
@@ -346,6 +353,11 @@ class Body:
         self.description = description
         self._items = tuple(self.fields.items())
         self._extra_rules = rules
+        # What validate needs of each field, looked up once: most fields
+        # of a request are absent, and each costs a lookup and a test.
+        self._checks = tuple(
+            (name, declared.required, declared.default, declared.check_value) for name, declared in self._items
+        )
 
     def validate(self, body: dict) -> dict:
         """
@@ -353,8 +365,15 @@ class Body:
         @raise OpenAIError: a 400 for the first field at fault.
         """
         checked: dict = {}
-        for name, declared in self._items:
-            checked[name] = declared.check(body.get(name), name, checked)
+        get = body.get
+        for name, required, default, check_value in self._checks:
+            value = get(name)
+            if value is None:
+                if required:
+                    raise missing(name)
+                checked[name] = default
+            else:
+                checked[name] = check_value(value, name, checked)
         return checked
 
     def schema(self, components: Components) -> Schema:

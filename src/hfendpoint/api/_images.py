@@ -66,13 +66,10 @@ class Size(Field):
     C{WIDTHxHEIGHT} or C{auto}, as C{(width, height)} once checked.
     """
 
-    default: Any = DEFAULT_SIZE
-
-    def check(self, value: Any, label: str, checked: dict) -> Any:
-        return parse_size(super().check(value, label, checked))
+    default: Any = parse_size(DEFAULT_SIZE)
 
     def check_value(self, value: Any, label: str, checked: dict) -> Any:
-        return _TEXT.check_value(value, label, checked)
+        return parse_size(_TEXT.check_value(value, label, checked))
 
     def schema(self, components: Components, with_null: bool = True) -> Schema:
         side = at_most(MAX_SIDE)
