@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from jsonschema import Draft202012Validator
+from treq.testing import StubTreq
 from twisted.trial.unittest import SynchronousTestCase
 
 from hfendpoint.api._app import GatewayApp
@@ -30,6 +31,8 @@ from hfendpoint.api._contract import (
 from hfendpoint.api._families import ENDPOINTS
 from hfendpoint.api._openapi import document
 from hfendpoint.errors import OpenAIError
+
+from .test_app import MESSAGES, AppHarness, tokens_chat
 
 SAMPLES: list[Any] = [
     None, True, False, 0, 1, -1, 2.0, 2.5, -3.5, 200, INT64_MAX, INT64_MAX + 1,
@@ -208,3 +211,20 @@ class DeclarationTests(SynchronousTestCase):
     def test_names_are_unique(self) -> None:
         self.assertEqual(len({e.path for e in ENDPOINTS}), len(ENDPOINTS))
         self.assertEqual(len({e.operation_id for e in ENDPOINTS}), len(ENDPOINTS))
+
+    def test_klein_route_serves_as_the_exact_route(self) -> None:
+        """
+        Requests the exact-path table does not take reach the same
+        endpoints through Klein, served the same way.
+        """
+        harness = AppHarness({"chat_completions": tokens_chat("a", "b")})
+        klein = StubTreq(harness.app.app.resource())
+        answers = []
+        for treq in (harness.treq, klein):
+            for body in ({"messages": MESSAGES}, {"messages": []}):
+                response = self.successResultOf(treq.post("http://gw/v1/chat/completions", json=body))
+                content = self.successResultOf(response.json())
+                content.pop("id", None)
+                answers.append((response.code, content))
+        self.assertEqual(answers[:2], answers[2:])
+        self.assertEqual([code for code, _ in answers[:2]], [200, 400])

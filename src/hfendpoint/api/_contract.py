@@ -45,6 +45,8 @@ def nullable(schema: Schema) -> Schema:
         return {**schema, "type": [kind, "null"]}
     if "enum" in schema and len(schema) == 1:
         return {"enum": [*schema["enum"], None]}
+    if "anyOf" in schema and len(schema) == 1:
+        return {"anyOf": [*schema["anyOf"], {"type": "null"}]}
     return {"anyOf": [schema, {"type": "null"}]}
 
 
