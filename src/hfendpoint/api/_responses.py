@@ -254,6 +254,10 @@ class Responder:
         self._send(events, kind, response=final)
 
     def fail(self, events: Any, error: OpenAIError) -> None:
+        """
+        A stream that has started ends as the Responses API ends a failed
+        one: the response, failed, then an C{error} event.
+        """
         detail = {"code": "server_error", "message": error.message}
         self._send(events, "response.failed", response=self._response("failed", [], error=detail))
         self._send(
