@@ -26,7 +26,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from hfendpoint import __version__
 from hfendpoint.api._app import GatewayApp
-from hfendpoint.api._openapi import at_most, document
+from hfendpoint.api._contract import at_most
+from hfendpoint.api._openapi import document
 
 from .test_app import AppHarness, Case, tokenize, tokens_chat
 

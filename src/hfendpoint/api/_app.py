@@ -1,12 +1,13 @@
 """
-The HTTP API: one Klein route per endpoint, each handing its request to
-the translator of its API family, with every error rendered in one place
-as an OpenAI error object.
+The HTTP API: a Klein route for each endpoint the API families declare,
+all served by one method, the service's own routes, and every error
+rendered in one place as an OpenAI error object.
 """
 
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any, Callable, Optional
 
 from klein import Klein
@@ -15,26 +16,27 @@ from twisted.logger import Logger
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from zope.interface.verify import verifyObject
 
-from hfendpoint.api import _chat as chat
-
-from hfendpoint.api import _completions as completions
-
-from hfendpoint.api import _embeddings as embeddings
-
-from hfendpoint.api import _images as images
-
 from hfendpoint.api import _openapi as openapi
-
-from hfendpoint.api import _responses as responses
+from hfendpoint.api._endpoint import Context, Endpoint, respond
+from hfendpoint.api._families import ENDPOINTS
 from hfendpoint.backend._batching import EmbeddingBatcher
 from hfendpoint.errors import OpenAIError, not_found
 from hfendpoint.interfaces import IImageStore, IWorkerClient
-from hfendpoint.web._routing import ExactRoutes
-from hfendpoint.web._json import parse_json_body, send_error, send_json, set_length, write_parts
-from hfendpoint.web._multipart import parse_form
-from hfendpoint.web._sse import EventStream
+from hfendpoint.web import ExactRoutes, send_error, send_json, set_length
 
 DEFAULT_MODEL_NAME = "hfendpoint"
+
+
+def _endpoint_route(endpoint: Endpoint) -> Callable[[Any, Any], Any]:
+    """
+    The Klein route handler of C{endpoint}.
+    """
+
+    async def route(self: GatewayApp, request: Any) -> Optional[bytes]:
+        return await self.serve(endpoint, request)
+
+    route.__name__ = endpoint.operation_id
+    return route
 
 
 class GatewayApp:
@@ -70,15 +72,22 @@ class GatewayApp:
         self.batcher = batcher or EmbeddingBatcher(client)
 
     def resource(self) -> Any:
-        routes = {
-            b"/v1/chat/completions": self.chat_completions,
-            b"/v1/completions": self.create_completion,
-            b"/v1/responses": self.create_response,
-            b"/v1/embeddings": self.create_embeddings,
-            b"/v1/images/generations": self.images_generations,
-            b"/v1/images/edits": self.images_edits,
-        }
+        """
+        The Klein resource behind the exact-path lookup of the same
+        endpoints, which serves them without Klein's URL matching.
+        """
+        routes = {endpoint.path.encode("ascii"): partial(self.serve, endpoint) for endpoint in ENDPOINTS}
         return ExactRoutes(self.app.resource(), routes, self._render_failure)
+
+    async def serve(self, endpoint: Endpoint, request: Any) -> Optional[bytes]:
+        """
+        Serve one request to C{endpoint}: read and check its body, let the
+        family's translator answer, and write the answer.
+        """
+        body = endpoint.read(request)
+        checked = endpoint.body.validate(body)
+        context = Context(self.client, self.batcher, self.store, self.model_name, self._now(), request)
+        return await respond(request, await endpoint.serve(context, body, checked))
 
     def _render_failure(self, request: Any, failure: Any) -> Optional[bytes]:
         """
@@ -94,29 +103,6 @@ class GatewayApp:
 
     def _now(self) -> int:
         return int(self._clock())
-
-    def _require(self, call: str) -> None:
-        """
-        Fail at once for a call the worker said it does not serve.
-        """
-        if not self.client.info.serves(call):
-            raise OpenAIError(
-                501,
-                f"This endpoint is not available: the worker does not serve '{call}'.",
-                "invalid_request_error",
-                None,
-                "unsupported_endpoint",
-            )
-
-    async def _stream(self, request: Any, run: Callable[[EventStream], Any]) -> None:
-        """
-        Run a streaming translator on the response's event stream.
-        """
-        events = EventStream(request)
-        try:
-            await run(events)
-        finally:
-            events.close()
 
     # Errors
 
@@ -196,84 +182,15 @@ class GatewayApp:
             raise not_found(f"The model '{model}' does not exist", code="model_not_found")
         return send_json(request, self._model())
 
-    # Chat and responses
+    # The API families' endpoints
 
-    @app.route("/v1/chat/completions", methods=["POST"])
-    async def chat_completions(self, request: Any) -> Any:
-        data = chat.validate_chat_request(parse_json_body(request))
-        self._require(chat.CALL)
-        completion = chat.ChatCompletion(self.client, data, self.model_name, self._now())
-        if data["stream"]:
-            await self._stream(request, completion.stream)
-            return None
-        return send_json(request, await completion.complete())
-
-    @app.route("/v1/completions", methods=["POST"])
-    async def create_completion(self, request: Any) -> Any:
-        wanted = completions.validate_request(parse_json_body(request))
-        self._require(chat.CALL)
-        completion = completions.Completion(self.client, wanted, self.model_name, self._now())
-        if wanted["stream"]:
-            await self._stream(request, completion.stream)
-            return None
-        return send_json(request, await completion.complete())
-
-    @app.route("/v1/responses", methods=["POST"])
-    async def create_response(self, request: Any) -> Any:
-        body = parse_json_body(request)
-        data = responses.validate_request(body)
-        self._require(chat.CALL)
-        responder = responses.Responder(self.client, body, data, self.model_name, self._now())
-        if data["stream"]:
-            await self._stream(request, responder.stream)
-            return None
-        return send_json(request, await responder.complete())
-
-    # Embeddings
-
-    @app.route("/v1/embeddings", methods=["POST"])
-    async def create_embeddings(self, request: Any) -> Any:
-        wanted = embeddings.validate_request(parse_json_body(request))
-        if wanted["tokens"] is None:
-            self._require("tokenize")
-        self._require("embeddings")
-        body = await embeddings.create_embeddings(self.client, self.batcher, wanted, self.model_name)
-        request.setHeader(b"content-type", b"application/json")
-        set_length(request, len(body))
-        return body
-
-    # Images
-
-    def _url_for(self, request: Any) -> Callable[[str], str]:
-        scheme = request.getHeader(b"x-forwarded-proto")
-        host = request.getHeader(b"x-forwarded-host") or request.getHeader(b"host")
-        if not scheme:
-            scheme = b"https" if request.isSecure() else b"http"
-        if not host:
-            address = request.getHost()
-            host = f"{getattr(address, 'host', 'localhost')}:{getattr(address, 'port', '')}".encode()
-        base = scheme.decode("ascii", "replace") + "://" + host.decode("ascii", "replace")
-        return lambda image_id: f"{base}/v1/images/{image_id}"
-
-    @app.route("/v1/images/generations", methods=["POST"])
-    async def images_generations(self, request: Any) -> Any:
-        wanted = images.validate_generation(parse_json_body(request))
-        self._require("images_generations")
-        body = await images.generate(
-            self.client, "images_generations", wanted, self.store, self._url_for(request), self._now()
+    for _endpoint in ENDPOINTS:
+        app.route(_endpoint.path, methods=["POST"], endpoint=_endpoint.operation_id)(
+            _endpoint_route(_endpoint)
         )
-        request.setHeader(b"content-type", b"application/json")
-        return write_parts(request, body)
+    del _endpoint
 
-    @app.route("/v1/images/edits", methods=["POST"])
-    async def images_edits(self, request: Any) -> Any:
-        wanted = images.validate_edit(parse_form(request))
-        self._require("images_editions")
-        body = await images.generate(
-            self.client, "images_editions", wanted, self.store, self._url_for(request), self._now()
-        )
-        request.setHeader(b"content-type", b"application/json")
-        return write_parts(request, body)
+    # Stored images
 
     @app.route("/v1/images/<image_id>", methods=["GET"])
     def get_image(self, request: Any, image_id: str) -> bytes:

@@ -25,105 +25,16 @@ from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred, FirstError, gatherResults
 
-from hfendpoint.api import _fields as fields
-from hfendpoint.api._chat import (
-    Choice,
-    finish_reason_of,
-    new_id,
-    run_choices,
-    usage_for,
-    validate_logit_bias,
-    validate_sampling,
-    validate_stop,
-    validate_stream_options,
-)
-from hfendpoint.errors import OpenAIError, invalid_request
-from hfendpoint.interfaces import IWorkerClient
+from hfendpoint.api._choices import CALL, Choice, finish_reason_of, new_id, run_choices, usage_for
+from hfendpoint.api._completions_request import COMPLETION_REQUEST, completion_request
+from hfendpoint.api._contract import Schema, nullable, ref
+from hfendpoint.api._wording import is_number
+from hfendpoint.api._endpoint import Context, Endpoint, Reply, Stream
+from hfendpoint.api._sampling import USAGE
 from hfendpoint.api._usage import make_usage
+from hfendpoint.interfaces import IWorkerClient
 
-#: What the API does without C{max_tokens}.
-DEFAULT_MAX_TOKENS = 16
 FINISH_REASONS = ("stop", "length", "content_filter")
-MAX_LOGPROBS = 5
-
-
-def parse_prompt(value: Any) -> list[str]:
-    """
-    C{prompt} as a list of texts.
-
-    @raise OpenAIError: a 400 for a missing or empty prompt, a wrong type,
-        or token ids.
-    """
-    if value is None:
-        raise fields.missing("prompt")
-    if isinstance(value, str):
-        return [value]
-    if not isinstance(value, list):
-        raise fields.wrong_type("prompt", "a string or an array of strings", value)
-    if not value:
-        raise fields.invalid_value(
-            "prompt", "empty array. Expected an array with minimum length 1, but got an empty array instead."
-        )
-    if all(isinstance(p, str) for p in value):
-        return value
-    if all(fields.is_int(p) for p in value) or all(
-        isinstance(p, list) and all(fields.is_int(t) for t in p) for p in value
-    ):
-        raise invalid_request(
-            "Invalid 'prompt': token-id prompts are not supported by this server; "
-            "send the prompt as a string or an array of strings.",
-            param="prompt",
-            code="unsupported_value",
-        )
-    raise fields.wrong_type("prompt", "a string or an array of strings", value)
-
-
-def validate_request(body: dict) -> dict:
-    """
-    Check a completions request as the API would.
-
-    @return: C{prompts}, C{n}, C{stream}, C{echo}, C{logprobs} (the
-        number asked for, or C{None}), C{include_usage}, and C{data}: the
-        worker's request without its per-prompt fields.
-    """
-    fields.get_string(body, "model")
-    prompts = parse_prompt(body.get("prompt"))
-    fields.get_string(body, "suffix")  # accepted, and left to the worker
-    stream = fields.get_bool(body, "stream", False)
-    echo = fields.get_bool(body, "echo", False)
-    validate_sampling(body)
-    validate_stop(body)
-    validate_logit_bias(body)
-    n = fields.get_int(body, "n", 1, minimum=1, maximum=128)
-    best_of = fields.get_int(body, "best_of", minimum=0, maximum=20)
-    if best_of is not None and best_of != n:
-        raise invalid_request(
-            f"Invalid 'best_of': this server returns every completion it generates, "
-            f"so 'best_of' must equal 'n' ({n}) or be left out; got {best_of}.",
-            param="best_of",
-            code="unsupported_value",
-        )
-    max_tokens = fields.get_int(body, "max_tokens", DEFAULT_MAX_TOKENS, minimum=0)
-    logprobs = fields.get_int(body, "logprobs", minimum=0, maximum=MAX_LOGPROBS)
-    include_usage = validate_stream_options(body, stream)
-    data = dict(body)
-    data["stream"] = stream
-    data["n"] = n
-    data["max_tokens"] = max_tokens
-    if logprobs is not None:
-        data["logprobs"] = logprobs
-        if "top_logprobs" not in data:
-            # A chat worker's name for the number of alternatives.
-            data["top_logprobs"] = logprobs
-    return {
-        "prompts": prompts,
-        "n": n,
-        "stream": stream,
-        "echo": echo,
-        "logprobs": logprobs,
-        "include_usage": include_usage,
-        "data": data,
-    }
 
 
 def worker_request(data: dict, prompt: str) -> dict:
@@ -163,14 +74,14 @@ class _Offsets:
             token = token if isinstance(token, str) else ""
             logprob = entry.get("logprob")
             out["tokens"].append(token)
-            out["token_logprobs"].append(logprob if fields.is_number(logprob) else 0.0)
+            out["token_logprobs"].append(logprob if is_number(logprob) else 0.0)
             out["top_logprobs"].append(
                 {
                     top["token"]: top["logprob"]
                     for top in entry.get("top_logprobs") or ()
                     if isinstance(top, dict)
                     and isinstance(top.get("token"), str)
-                    and fields.is_number(top.get("logprob"))
+                    and is_number(top.get("logprob"))
                 }
             )
             out["text_offset"].append(self.next)
@@ -295,13 +206,73 @@ class Completion:
                 )
             )
 
-        try:
-            runs = await self._run(on_chunk)
-            if include_usage:
-                events.send(self._body([], usage=await self._usage(runs)))
-        except OpenAIError as error:
-            if not events.started:
-                raise
-            events.send(error.to_dict())
-            return
-        events.done()
+        runs = await self._run(on_chunk)
+        if include_usage:
+            events.send(self._body([], usage=await self._usage(runs)))
+
+
+async def serve(context: Context, body: dict, checked: dict) -> Reply:
+    context.require(CALL)
+    completion = Completion(context.client, completion_request(body, checked), context.model, context.created)
+    if checked["stream"]:
+        return Stream(completion.stream)
+    return await completion.complete()
+
+
+SCHEMAS: dict[str, Schema] = {
+    "Usage": USAGE,
+    "CompletionLogprobs": nullable(
+        {
+            "type": "object",
+            "properties": {
+                "tokens": {"type": "array", "items": {"type": "string"}},
+                "token_logprobs": {"type": "array", "items": {"type": "number"}},
+                "top_logprobs": {
+                    "type": "array",
+                    "items": {"type": "object", "additionalProperties": {"type": "number"}},
+                },
+                "text_offset": {"type": "array", "items": {"type": "integer"}},
+            },
+        }
+    ),
+    "CreateCompletionResponse": {
+        "description": (
+            "A completion; streamed, each server-sent event is one of these, "
+            "with a null `finish_reason` until the choice ends."
+        ),
+        "type": "object",
+        "required": ["id", "object", "created", "model", "choices"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "text_completion"},
+            "created": {"type": "integer"},
+            "model": {"type": "string"},
+            "choices": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["text", "index", "logprobs", "finish_reason"],
+                    "properties": {
+                        "text": {"type": "string"},
+                        "index": {"type": "integer"},
+                        "logprobs": ref("CompletionLogprobs"),
+                        "finish_reason": {"enum": [*FINISH_REASONS, None]},
+                    },
+                },
+            },
+            "usage": nullable(ref("Usage")),
+        },
+    },
+}
+
+ENDPOINTS = (
+    Endpoint(
+        path="/v1/completions",
+        operation_id="createCompletion",
+        summary="Legacy text completion, whole or streamed",
+        body=COMPLETION_REQUEST,
+        serve=serve,
+        response="CreateCompletionResponse",
+        events="CreateCompletionResponse",
+    ),
+)

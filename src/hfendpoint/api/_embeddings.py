@@ -18,13 +18,16 @@ from itertools import chain
 from typing import Any, Iterable, Optional
 
 import orjson
+from attrs import frozen
 from pybase64 import b64encode
 
-from hfendpoint.api import _fields as fields
+from hfendpoint.api._contract import Body, Components, Field, Integer, OneOf, Schema, String
+from hfendpoint.api._wording import is_int, wrong_type
+from hfendpoint.api._endpoint import Context, Endpoint, Reply
 from hfendpoint.backend._batching import EmbeddingBatcher
 from hfendpoint.errors import invalid_request, worker_failed
 from hfendpoint.interfaces import IWorkerClient
-from hfendpoint.web._json import dumps
+from hfendpoint.web import dumps
 
 MAX_INPUTS = 2048
 MAX_TOKEN_ID = 2**32 - 1
@@ -33,53 +36,74 @@ _INTS = {int}
 _UINT32 = next(code for code in "IL" if array(code).itemsize == 4)
 
 
-def parse_input(value: Any) -> tuple[Optional[list[str]], Optional[list[list[int]]]]:
+@frozen(kw_only=True)
+class Input(Field):
     """
-    Sort C{input} into texts or token lists, rejecting what the API rejects.
+    C{input} sorted into texts or token lists, refused as the API refuses
+    it.
 
-    @return: C{(texts, None)} or C{(None, token_lists)}.
+    @return: (when checked) C{(texts, None)} or C{(None, token_lists)}.
     """
-    if value is None:
-        raise fields.missing("input")
-    if isinstance(value, str):
-        value = [value]
-    elif isinstance(value, list) and value and all(fields.is_int(v) for v in value):
-        value = [value]
-    if not isinstance(value, list):
-        raise fields.wrong_type("input", "a string or an array", value)
-    if not value:
-        raise invalid_request("'input' cannot be an empty array.", param="input", code="invalid_value")
-    if len(value) > MAX_INPUTS:
-        raise invalid_request(
-            f"'input' has {len(value)} items; at most {MAX_INPUTS} are allowed.",
-            param="input",
-            code="invalid_value",
-        )
-    kinds = set(map(type, value))
-    if kinds == {str}:
-        for i, text in enumerate(value):
-            if not text:
-                raise _empty_item(i)
-        return value, None
-    if kinds == {list}:
-        if all(value) and _token_ids(chain.from_iterable(value)):
+
+    required: bool = True
+
+    def check_value(self, value: Any, label: str, checked: dict) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        elif isinstance(value, list) and value and all(is_int(v) for v in value):
+            value = [value]
+        if not isinstance(value, list):
+            raise wrong_type(label, "a string or an array", value)
+        if not value:
+            raise invalid_request("'input' cannot be an empty array.", param=label, code="invalid_value")
+        if len(value) > MAX_INPUTS:
+            raise invalid_request(
+                f"'input' has {len(value)} items; at most {MAX_INPUTS} are allowed.",
+                param=label,
+                code="invalid_value",
+            )
+        kinds = set(map(type, value))
+        if kinds == {str}:
+            for i, text in enumerate(value):
+                if not text:
+                    raise _empty_item(i)
+            return value, None
+        if kinds == {list}:
+            if all(value) and _token_ids(chain.from_iterable(value)):
+                return None, value
+            for i, tokens in enumerate(value):
+                if not tokens:
+                    raise _empty_item(i)
+                if not _token_ids(tokens):
+                    raise invalid_request(
+                        f"Invalid 'input[{i}]': token ids must be integers from 0 to {MAX_TOKEN_ID}.",
+                        param=f"input[{i}]",
+                        code="invalid_value",
+                    )
             return None, value
-        for i, tokens in enumerate(value):
-            if not tokens:
-                raise _empty_item(i)
-            if not _token_ids(tokens):
-                raise invalid_request(
-                    f"Invalid 'input[{i}]': token ids must be integers from 0 to {MAX_TOKEN_ID}.",
-                    param=f"input[{i}]",
-                    code="invalid_value",
-                )
-        return None, value
-    raise invalid_request(
-        "'input' must be a string, an array of strings, an array of token ids, "
-        "or an array of arrays of token ids.",
-        param="input",
-        code="invalid_type",
-    )
+        raise invalid_request(
+            "'input' must be a string, an array of strings, an array of token ids, "
+            "or an array of arrays of token ids.",
+            param=label,
+            code="invalid_type",
+        )
+
+    def type_schema(self, components: Components) -> Schema:
+        token_id = {"type": "integer", "minimum": 0, "maximum": MAX_TOKEN_ID}
+        text = {"type": "string", "minLength": 1}
+        return {
+            "anyOf": [
+                text,
+                {"type": "array", "minItems": 1, "maxItems": MAX_INPUTS, "items": text},
+                {"type": "array", "minItems": 1, "items": token_id},
+                {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": MAX_INPUTS,
+                    "items": {"type": "array", "minItems": 1, "items": token_id},
+                },
+            ]
+        }
 
 
 def _token_ids(tokens: Iterable[Any]) -> bool:
@@ -106,13 +130,28 @@ def _empty_item(index: int) -> Exception:
     )
 
 
-def validate_request(body: dict) -> dict:
-    fields.get_string(body, "model")
-    fields.get_string(body, "user")
-    encoding = fields.get_enum(body, "encoding_format", ("float", "base64"), "float")
-    dimensions = fields.get_int(body, "dimensions", minimum=1)
-    texts, tokens = parse_input(body.get("input"))
-    return {"texts": texts, "tokens": tokens, "encoding": encoding, "dimensions": dimensions}
+EMBEDDING_REQUEST = Body(
+    "CreateEmbeddingRequest",
+    {
+        "model": String(),
+        "user": String(),
+        "encoding_format": OneOf(choices=("float", "base64"), default="float"),
+        "dimensions": Integer(minimum=1),
+        "input": Input(),
+    },
+)
+
+
+def embedding_request(checked: dict) -> dict:
+    """
+    @return: C{texts} or C{tokens}, C{encoding} and C{dimensions}.
+    """
+    texts, tokens = checked["input"]
+    return {"texts": texts, "tokens": tokens, "encoding": checked["encoding_format"], "dimensions": checked["dimensions"]}
+
+
+def read_request(body: dict) -> dict:
+    return embedding_request(EMBEDDING_REQUEST.validate(body))
 
 
 async def tokenize(client: IWorkerClient, texts: list[str]) -> list[list[int]]:
@@ -266,3 +305,59 @@ def _base64_body(vectors: list[bytes], tokens: list[list[int]], model: str) -> b
 def _tail(tokens: list[list[int]], model: str) -> bytes:
     count = sum(map(len, tokens))
     return b'],"model":' + dumps(model) + b',"usage":{"prompt_tokens":%d,"total_tokens":%d}}' % (count, count)
+
+
+async def serve(context: Context, body: dict, checked: dict) -> Reply:
+    request = embedding_request(checked)
+    if request["tokens"] is None:
+        context.require("tokenize")
+    context.require("embeddings")
+    return await create_embeddings(context.client, context.batcher, request, context.model)
+
+
+_COUNT = {"type": "integer", "minimum": 0}
+
+SCHEMAS: dict[str, Schema] = {
+    "CreateEmbeddingResponse": {
+        "type": "object",
+        "required": ["object", "data", "model", "usage"],
+        "properties": {
+            "object": {"const": "list"},
+            "data": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["object", "index", "embedding"],
+                    "properties": {
+                        "object": {"const": "embedding"},
+                        "index": {"type": "integer"},
+                        "embedding": {
+                            "description": "Floats, or base64 of little-endian float32.",
+                            "anyOf": [
+                                {"type": "array", "items": {"type": "number"}},
+                                {"type": "string", "contentEncoding": "base64"},
+                            ],
+                        },
+                    },
+                },
+            },
+            "model": {"type": "string"},
+            "usage": {
+                "type": "object",
+                "required": ["prompt_tokens", "total_tokens"],
+                "properties": {"prompt_tokens": _COUNT, "total_tokens": _COUNT},
+            },
+        },
+    },
+}
+
+ENDPOINTS = (
+    Endpoint(
+        path="/v1/embeddings",
+        operation_id="createEmbedding",
+        summary="Embeddings",
+        body=EMBEDDING_REQUEST,
+        serve=serve,
+        response="CreateEmbeddingResponse",
+    ),
+)

@@ -8,12 +8,25 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Optional
 
+from attrs import frozen
 from pybase64 import b64encode
 
-from hfendpoint.api import _fields as fields
+from hfendpoint.api._contract import (
+    Body,
+    Components,
+    Field,
+    Integer,
+    OneOf,
+    Schema,
+    String,
+    at_most,
+    nullable,
+    ref,
+)
+from hfendpoint.api._endpoint import Context, Endpoint, Reply
 from hfendpoint.errors import invalid_request, worker_failed
 from hfendpoint.interfaces import IImageStore, IWorkerClient
-from hfendpoint.web._json import dumps
+from hfendpoint.web import dumps, parse_form
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_N = 10
@@ -47,36 +60,70 @@ def parse_size(value: Optional[str]) -> tuple[int, int]:
     return width, height
 
 
-def validate_common(values: dict) -> dict:
+@frozen(kw_only=True)
+class Size(Field):
     """
-    The fields that generations and edits share, from a JSON body or from
-    form fields already converted to JSON types.
+    C{WIDTHxHEIGHT} or C{auto}, as C{(width, height)} once checked.
     """
-    prompt = fields.get_string(values, "prompt", required=True, non_empty=True)
-    n = fields.get_int(values, "n", default=1, minimum=1, maximum=MAX_N)
-    size = fields.get_string(values, "size")
-    width, height = parse_size(size)
-    response_format = fields.get_enum(values, "response_format", FORMATS, "b64_json")
-    fields.get_string(values, "model")
-    fields.get_string(values, "user")
-    return {
-        "prompt": prompt,
-        "n": n,
-        "width": width,
-        "height": height,
-        "response_format": response_format,
-    }
+
+    default: Any = parse_size(DEFAULT_SIZE)
+
+    def check_value(self, value: Any, label: str, checked: dict) -> Any:
+        return parse_size(_TEXT.check_value(value, label, checked))
+
+    def schema(self, components: Components, with_null: bool = True) -> Schema:
+        side = at_most(MAX_SIDE)
+        components["ImageSize"] = {"type": "string", "pattern": f"^(?:auto|{side}x{side})$", "default": DEFAULT_SIZE}
+        return nullable(ref("ImageSize")) if with_null else ref("ImageSize")
 
 
-def validate_generation(body: dict) -> dict:
-    return validate_common(body)
+_TEXT = String()
 
 
-def validate_edit(form: dict) -> dict:
+@frozen(kw_only=True)
+class Png(Field):
     """
-    Check an edit's form: text fields become JSON values, and the image
-    comes from C{image} or C{image[]} (the official client's name for a list).
+    An uploaded file that must be a PNG image.
     """
+
+    def check_value(self, value: Any, label: str, checked: dict) -> Any:
+        if not value.data.startswith(PNG_SIGNATURE):
+            raise invalid_request(
+                f"Invalid '{label}': the file must be a PNG image.", param=label, code="invalid_image_format"
+            )
+        return value.data
+
+    def type_schema(self, components: Components) -> Schema:
+        return {"type": "string", "contentMediaType": "image/png"}
+
+
+#: What generations and edits share, from a JSON body or from form fields.
+_COMMON = {
+    "prompt": String(required=True, non_empty=True),
+    "n": Integer(default=1, minimum=1, maximum=MAX_N),
+    "size": Size(),
+    "response_format": OneOf(choices=FORMATS, default="b64_json"),
+    "model": String(),
+    "user": String(),
+}
+
+GENERATION_REQUEST = Body("CreateImageRequest", _COMMON)
+
+EDIT_REQUEST = Body(
+    "CreateImageEditRequest",
+    {**_COMMON, "image": Png(required=True), "mask": Png()},
+    form=True,
+    description="The image may also be sent as `image[]`, as the official client does.",
+)
+
+
+def read_edit_form(request: Any) -> dict:
+    """
+    An edit's form as the values L{EDIT_REQUEST} checks: text fields
+    become JSON values, and the image comes from C{image} or C{image[]}
+    (the official client's name for a list).
+    """
+    form = parse_form(request)
     values: dict[str, Any] = {}
     for name in ("prompt", "size", "response_format", "model", "user"):
         if name in form:
@@ -84,22 +131,27 @@ def validate_edit(form: dict) -> dict:
     if "n" in form:
         text = form["n"][0].text.strip()
         values["n"] = int(text) if text.lstrip("-").isdigit() else text
-    request = validate_common(values)
     images = form.get("image") or form.get("image[]")
-    if not images:
-        raise fields.missing("image")
-    request["image"] = _png(images[0], "image")
+    if images:
+        values["image"] = images[0]
     if "mask" in form:
-        request["mask"] = _png(form["mask"][0], "mask")
+        values["mask"] = form["mask"][0]
+    return values
+
+
+def image_request(checked: dict) -> dict:
+    width, height = checked["size"]
+    request = {
+        "prompt": checked["prompt"],
+        "n": checked["n"],
+        "width": width,
+        "height": height,
+        "response_format": checked["response_format"],
+    }
+    for optional in ("image", "mask"):
+        if checked.get(optional) is not None:
+            request[optional] = checked[optional]
     return request
-
-
-def _png(part: Any, name: str) -> bytes:
-    if not part.data.startswith(PNG_SIGNATURE):
-        raise invalid_request(
-            f"Invalid '{name}': the file must be a PNG image.", param=name, code="invalid_image_format"
-        )
-    return part.data
 
 
 def worker_data(request: dict) -> dict:
@@ -148,3 +200,53 @@ async def generate(
     parts.append(b"]}")
     # Megabytes of base64 go out as they are, not copied into one body.
     return parts
+
+
+def _server(call: str) -> Any:
+    async def serve(context: Context, body: dict, checked: dict) -> Reply:
+        context.require(call)
+        return await generate(
+            context.client, call, image_request(checked), context.store, context.url_for, context.created
+        )
+
+    return serve
+
+
+SCHEMAS: dict[str, Schema] = {
+    "ImagesResponse": {
+        "type": "object",
+        "required": ["created", "data"],
+        "properties": {
+            "created": {"type": "integer"},
+            "data": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"b64_json": {"type": "string"}, "url": {"type": "string"}},
+                    "oneOf": [{"required": ["b64_json"]}, {"required": ["url"]}],
+                },
+            },
+        },
+    },
+}
+
+ENDPOINTS = (
+    Endpoint(
+        path="/v1/images/generations",
+        operation_id="createImage",
+        summary="Generate images",
+        body=GENERATION_REQUEST,
+        serve=_server("images_generations"),
+        response="ImagesResponse",
+    ),
+    Endpoint(
+        path="/v1/images/edits",
+        operation_id="createImageEdit",
+        summary="Edit an image",
+        body=EDIT_REQUEST,
+        serve=_server("images_editions"),
+        response="ImagesResponse",
+        read=read_edit_form,
+        content_type="multipart/form-data",
+    ),
+)

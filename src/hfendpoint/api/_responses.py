@@ -8,19 +8,25 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from hfendpoint.api import _fields as fields
-from hfendpoint.api._chat import Choice, new_id, prompt_text, run_choices, usage_for, validate_sampling
+from attrs import frozen
+
+from hfendpoint.api._choices import CALL, Choice, new_id, prompt_text, run_choices, usage_for
+from hfendpoint.api._contract import Body, Boolean, Components, Field, Integer, Refused, Schema, String, ref
+from hfendpoint.api._wording import invalid_value, missing, not_one_of, wrong_type
+from hfendpoint.api._endpoint import Context, Endpoint, Reply, Stream
+from hfendpoint.api._sampling import SAMPLING
 from hfendpoint.errors import OpenAIError, invalid_request
 from hfendpoint.interfaces import IWorkerClient
 
 _TEXT_PARTS = ("input_text", "output_text", "text")
+ROLES = ("user", "assistant", "system", "developer")
 
 
 def _content_text(content: Any, where: str) -> Any:
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
-        raise fields.wrong_type(f"{where}.content", "a string or an array", content)
+        raise wrong_type(f"{where}.content", "a string or an array", content)
     parts = []
     for j, part in enumerate(content):
         if not isinstance(part, dict) or not isinstance(part.get("type"), str):
@@ -30,7 +36,7 @@ def _content_text(content: Any, where: str) -> Any:
             )
         if part["type"] in _TEXT_PARTS:
             if not isinstance(part.get("text"), str):
-                raise fields.missing(f"{where}.content[{j}].text")
+                raise missing(f"{where}.content[{j}].text")
             parts.append({"type": "text", "text": part["text"]})
         else:
             parts.append(part)
@@ -39,73 +45,98 @@ def _content_text(content: Any, where: str) -> Any:
     return parts
 
 
-def input_messages(value: Any) -> list[dict]:
+@frozen(kw_only=True)
+class Input(Field):
     """
     C{input} as chat messages: a string is one user message; a list holds
     messages (C{{"role", "content"}}, with or without C{"type": "message"}).
     """
-    if value is None:
-        raise fields.missing("input")
-    if isinstance(value, str):
-        return [{"role": "user", "content": value}]
-    if not isinstance(value, list):
-        raise fields.wrong_type("input", "a string or an array", value)
-    if not value:
-        raise fields.invalid_value("input", "empty array. Expected an array with minimum length 1.")
-    messages = []
-    for i, item in enumerate(value):
-        where = f"input[{i}]"
-        if not isinstance(item, dict):
-            raise fields.wrong_type(where, "an object", item)
-        kind = item.get("type", "message")
-        if kind != "message":
-            raise invalid_request(
-                f"Invalid '{where}.type': input items of type {kind!r} are not supported; "
-                "use messages.",
-                param=f"{where}.type",
-                code="unsupported_value",
-            )
-        role = item.get("role")
-        if role not in ("user", "assistant", "system", "developer"):
-            raise fields.invalid_value(
-                f"{where}.role",
-                f"value must be one of 'user', 'assistant', 'system', 'developer', but got {role!r} instead.",
-            )
-        if item.get("content") is None:
-            raise fields.missing(f"{where}.content")
-        messages.append({"role": role, "content": _content_text(item["content"], where)})
-    return messages
+
+    required: bool = True
+
+    def check_value(self, value: Any, label: str, checked: dict) -> Any:
+        if isinstance(value, str):
+            return [{"role": "user", "content": value}]
+        if not isinstance(value, list):
+            raise wrong_type(label, "a string or an array", value)
+        if not value:
+            raise invalid_value(label, "empty array. Expected an array with minimum length 1.")
+        messages = []
+        for i, item in enumerate(value):
+            where = f"{label}[{i}]"
+            if not isinstance(item, dict):
+                raise wrong_type(where, "an object", item)
+            kind = item.get("type", "message")
+            if kind != "message":
+                raise invalid_request(
+                    f"Invalid '{where}.type': input items of type {kind!r} are not supported; use messages.",
+                    param=f"{where}.type",
+                    code="unsupported_value",
+                )
+            role = item.get("role")
+            if role not in ROLES:
+                raise not_one_of(f"{where}.role", ROLES, repr(role))
+            if item.get("content") is None:
+                raise missing(f"{where}.content")
+            messages.append({"role": role, "content": _content_text(item["content"], where)})
+        return messages
+
+    def type_schema(self, components: Components) -> Schema:
+        components["InputContentPart"] = {
+            "type": "object",
+            "required": ["type"],
+            "properties": {"type": {"type": "string"}},
+            "if": {"properties": {"type": {"enum": list(_TEXT_PARTS)}}},
+            "then": {"required": ["text"], "properties": {"text": {"type": "string"}}},
+        }
+        components["InputMessage"] = {
+            "type": "object",
+            "required": ["role", "content"],
+            "properties": {
+                "type": {"const": "message"},
+                "role": {"enum": list(ROLES)},
+                "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": ref("InputContentPart")}]},
+            },
+        }
+        return {"anyOf": [{"type": "string"}, {"type": "array", "minItems": 1, "items": ref("InputMessage")}]}
 
 
-def validate_request(body: dict) -> dict:
+RESPONSE_REQUEST = Body(
+    "CreateResponse",
+    {
+        "model": String(),
+        "instructions": String(),
+        "input": Input(),
+        "stream": Boolean(default=False),
+        **SAMPLING,
+        "max_output_tokens": Integer(minimum=16),
+        "previous_response_id": Refused(
+            message="'previous_response_id' is not supported: this server does not store responses."
+        ),
+    },
+)
+
+#: What the response object describes itself, rather than the worker.
+_NOT_FOR_THE_WORKER = ("input", "instructions", "max_output_tokens", "text", "tools", "tool_choice")
+
+
+def worker_request(body: dict, checked: dict) -> dict:
     """
-    @return: the request as the worker's chat call receives it, plus what
-        the response object echoes.
+    The request as the worker's chat call receives it.
     """
-    fields.get_string(body, "model")
-    instructions = fields.get_string(body, "instructions")
-    messages = input_messages(body.get("input"))
-    if instructions:
-        messages.insert(0, {"role": "system", "content": instructions})
-    stream = fields.get_bool(body, "stream", False)
-    validate_sampling(body)
-    max_output = fields.get_int(body, "max_output_tokens", minimum=16)
-    if body.get("previous_response_id") is not None:
-        raise invalid_request(
-            "'previous_response_id' is not supported: this server does not store responses.",
-            param="previous_response_id",
-            code="unsupported_parameter",
-        )
-    data = {
-        k: v
-        for k, v in body.items()
-        if k not in ("input", "instructions", "max_output_tokens", "text", "tools", "tool_choice")
-    }
+    messages = checked["input"]
+    if checked["instructions"]:
+        messages.insert(0, {"role": "system", "content": checked["instructions"]})
+    data = {k: v for k, v in body.items() if k not in _NOT_FOR_THE_WORKER}
     data["messages"] = messages
-    data["stream"] = stream
-    if max_output is not None:
-        data["max_tokens"] = max_output
+    data["stream"] = checked["stream"]
+    if checked["max_output_tokens"] is not None:
+        data["max_tokens"] = checked["max_output_tokens"]
     return data
+
+
+def read_request(body: dict) -> dict:
+    return worker_request(body, RESPONSE_REQUEST.validate(body))
 
 
 class Responder:
@@ -210,16 +241,10 @@ class Responder:
             if chunk.get("content"):
                 self._send(events, "response.output_text.delta", delta=chunk["content"], logprobs=[], **where)
 
-        try:
-            [choice] = await run_choices(self._client, data, on_chunk)
-            if not opened:
-                open_stream()
-            final = await self._final(choice)
-        except OpenAIError as error:
-            if not opened:
-                raise
-            self._fail(events, error)
-            return
+        [choice] = await run_choices(self._client, data, on_chunk)
+        if not opened:
+            open_stream()
+        final = await self._final(choice)
         text = choice.text
         item = final["output"][0]
         self._send(events, "response.output_text.done", text=text, logprobs=[], **where)
@@ -227,9 +252,12 @@ class Responder:
         self._send(events, "response.output_item.done", output_index=0, item=item)
         kind = "response.completed" if final["status"] == "completed" else "response.incomplete"
         self._send(events, kind, response=final)
-        events.done()
 
-    def _fail(self, events: Any, error: OpenAIError) -> None:
+    def fail(self, events: Any, error: OpenAIError) -> None:
+        """
+        A stream that has started ends as the Responses API ends a failed
+        one: the response, failed, then an C{error} event.
+        """
         detail = {"code": "server_error", "message": error.message}
         self._send(events, "response.failed", response=self._response("failed", [], error=detail))
         self._send(
@@ -252,3 +280,59 @@ def _status(finish_reason: Optional[str]) -> tuple[str, Optional[str]]:
     if finish_reason == "content_filter":
         return "incomplete", "content_filter"
     return "completed", None
+
+
+async def serve(context: Context, body: dict, checked: dict) -> Reply:
+    context.require(CALL)
+    responder = Responder(context.client, body, worker_request(body, checked), context.model, context.created)
+    if checked["stream"]:
+        return Stream(responder.stream, responder.fail)
+    return await responder.complete()
+
+
+_COUNT = {"type": "integer", "minimum": 0}
+
+SCHEMAS: dict[str, Schema] = {
+    "Response": {
+        "type": "object",
+        "required": ["id", "object", "created_at", "status", "model", "output"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "response"},
+            "created_at": {"type": "integer"},
+            "status": {"enum": ["completed", "incomplete", "failed", "in_progress"]},
+            "error": {"type": ["object", "null"]},
+            "incomplete_details": {"type": ["object", "null"]},
+            "model": {"type": "string"},
+            "output": {"type": "array", "items": {"type": "object"}},
+            "output_text": {"type": "string"},
+            "usage": {
+                "type": "object",
+                "required": ["input_tokens", "output_tokens", "total_tokens"],
+                "properties": {"input_tokens": _COUNT, "output_tokens": _COUNT, "total_tokens": _COUNT},
+            },
+        },
+    },
+    "ResponseStreamEvent": {
+        "description": "One server-sent event of a streamed response.",
+        "type": "object",
+        "required": ["type", "sequence_number"],
+        "properties": {
+            "type": {"type": "string"},
+            "sequence_number": {"type": "integer", "minimum": 0},
+            "response": ref("Response"),
+        },
+    },
+}
+
+ENDPOINTS = (
+    Endpoint(
+        path="/v1/responses",
+        operation_id="createResponse",
+        summary="Responses API, whole or streamed",
+        body=RESPONSE_REQUEST,
+        serve=serve,
+        response="Response",
+        events="ResponseStreamEvent",
+    ),
+)
