@@ -38,6 +38,8 @@ class GatewayConfig:
         L{GatewayService.reload_api_keys}.
     @ivar cors_origins: the web origins allowed to call the gateway from
         a browser, C{*} for any.
+    @ivar forwarded_allow_ips: the proxies (addresses, networks, or C{*})
+        whose C{X-Forwarded-For}, C{-Proto} and C{-Host} are believed.
     @ivar metrics: whether to keep Prometheus metrics and serve them at
         C{/metrics}.
     @ivar metrics_listen: endpoint descriptions serving only C{/metrics},
@@ -74,6 +76,7 @@ class GatewayConfig:
     api_key_file: Optional[str] = None
     cors_origins: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     metrics: bool = True
+    forwarded_allow_ips: tuple[str, ...] = attrs.field(default=("127.0.0.1", "::1"), converter=tuple)
     log_format: str = attrs.field(default="text", validator=attrs.validators.in_(("text", "json")))
     metrics_listen: tuple[str, ...] = attrs.field(default=(), converter=tuple)
 

@@ -89,6 +89,14 @@ def log_format(text: str) -> str:
     return text
 
 
+def addresses(text: str) -> tuple[str, ...]:
+    from hfendpoint.web._forwarded import parse_networks
+
+    entries = tuple(part.strip() for part in text.split(",") if part.strip())
+    parse_networks(entries)
+    return entries
+
+
 def _seconds(value: float) -> str:
     return f"{value:g}"
 
@@ -110,6 +118,7 @@ OPTIONS = (
     Option("api-key", "api_keys", str, "a key clients must send (Authorization: Bearer KEY or X-Api-Key); repeatable; also HFENDPOINT_API_KEY (default: none, the gateway is open)", "KEY", repeatable=True),
     Option("api-key-file", "api_key_file", str, "a file of keys, one per line, read again on SIGHUP", "FILE"),
     Option("cors-origin", "cors_origins", str, "a web origin allowed to call the gateway from a browser (https://app.example.com, or * for any); repeatable", "ORIGIN", repeatable=True),
+    Option("forwarded-allow-ips", "forwarded_allow_ips", addresses, "the proxies whose X-Forwarded-For, -Proto and -Host are believed, comma-separated addresses or networks, or * for any", "ADDRESSES", ",".join),
     Option("log-format", "log_format", log_format, "text, or json for one JSON object per line (time, level, event, request id, method, path, status, duration, client), the access log's too", "FORMAT"),
     Option("metrics-listen", "metrics_listen", str, "also serve /metrics, alone and without API keys, on this Twisted endpoint (tcp:9100:interface=10.0.0.5); repeatable", "DESCRIPTION", repeatable=True),
     Option("max-restarts", "max_restarts", non_negative_int, "give up and exit after N restarts of a failing worker in a row (default: restart forever, with a growing delay; 0: exit when the worker exits)"),

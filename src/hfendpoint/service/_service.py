@@ -28,6 +28,7 @@ from hfendpoint.web._auth import ApiKeys, KeyedResource
 from hfendpoint.web._metrics import MeasuredResource, MetricsResource
 from hfendpoint.web._coalescing import TurnFlusher
 from hfendpoint.web._cors import CrossSiteResource
+from hfendpoint.web._forwarded import ForwardedResource, TrustedProxies
 from hfendpoint.web._request_id import RequestIdResource
 from hfendpoint.web._site import GatewaySite
 from hfendpoint.wire import WORKERS_ENV, WORKER_INDEX_ENV
@@ -129,8 +130,8 @@ class GatewayService(MultiService):
 
     def _resource(self, config: GatewayConfig) -> Any:
         """
-        The resources every request passes through, outermost first: its
-        id, its metrics, cross-site checks, its API key, C{/metrics}, then
+        The resources every request passes through, outermost first: the
+        forwarded headers believed or removed, its id, its metrics, cross-site checks, its API key, C{/metrics}, then
         admission control and the API.
         """
         resource = self.admission
@@ -140,7 +141,7 @@ class GatewayService(MultiService):
         resource = CrossSiteResource(resource, config.cors_origins)
         if self.metrics is not None:
             resource = MeasuredResource(resource, self.metrics, self._reactor.seconds)
-        return RequestIdResource(resource)
+        return ForwardedResource(RequestIdResource(resource), TrustedProxies(config.forwarded_allow_ips))
 
     def _start_workers(
         self, reactor: Any, config: GatewayConfig, spawner: Any
