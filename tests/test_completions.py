@@ -428,9 +428,18 @@ class CompletionsCancelTests(TestCase):
         lost: Deferred = Deferred()
 
         class HangUp(Protocol):
+            """
+            Leaves once each prompt's stream has sent text, so that the
+            worker is running all three (a call cancelled before its
+            handler starts never reaches the handler's own clean-up).
+            """
+
+            seen = b""
+
             def dataReceived(self, data: bytes) -> None:
-                if not first.called:
-                    first.callback(data)
+                self.seen += data
+                if not first.called and all(b'"text":"%s"' % p in self.seen for p in (b"x", b"y", b"z")):
+                    first.callback(self.seen)
                     self.transport.stopProducing()
 
             def connectionLost(self, reason: Any) -> None:
