@@ -5,7 +5,7 @@ exception, every refusal an OpenAI error object.
 
 import json
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from treq.testing import StubTreq
 from twisted.trial.unittest import SynchronousTestCase
@@ -14,6 +14,7 @@ from hfendpoint.api._app import GatewayApp
 from hfendpoint.api._imagestore import MemoryImageStore
 from hfendpoint.testing import FakeWorkerClient
 
+from .fuzzing import fuzz_settings
 from .openapi import validate
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 16
@@ -86,7 +87,7 @@ class FuzzTests(SynchronousTestCase):
 
 
 def _fuzz(path):
-    @settings(max_examples=150, suppress_health_check=list(HealthCheck))
+    @fuzz_settings(150)
     @given(body=bodies(ENDPOINTS[path]))
     def test(self, body):
         self.check(path, body)
@@ -101,7 +102,7 @@ for _path in ENDPOINTS:
 class RawBytesTests(SynchronousTestCase):
     check = FuzzTests.check
 
-    @settings(max_examples=150)
+    @fuzz_settings(150)
     @given(raw=st.binary(max_size=64))
     def test_raw_bytes(self, raw):
         for path in ENDPOINTS:
