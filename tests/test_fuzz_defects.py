@@ -8,7 +8,6 @@ fuzzers step around until then) in the same change.
 
 from __future__ import annotations
 
-import json
 
 from .fuzzing import check_exchange, check_error_body, exchange, http_request
 from .test_fuzz_api import GatewayFuzzCase
