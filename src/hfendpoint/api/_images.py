@@ -24,6 +24,7 @@ from hfendpoint.api._contract import (
     ref,
 )
 from hfendpoint.api._endpoint import Context, Endpoint, Reply
+from hfendpoint.api._wording import shown
 from hfendpoint.errors import invalid_request, worker_failed
 from hfendpoint.interfaces import IImageStore, IWorkerClient
 from hfendpoint.web import dumps, parse_form
@@ -45,7 +46,7 @@ def parse_size(value: Optional[str]) -> tuple[int, int]:
     match = _SIZE.match(value) if isinstance(value, str) else None
     if match is None:
         raise invalid_request(
-            f"Invalid 'size': {value!r}. Expected 'auto' or WIDTHxHEIGHT, for "
+            f"Invalid 'size': {shown(value)}. Expected 'auto' or WIDTHxHEIGHT, for "
             "example '1024x1024'.",
             param="size",
             code="invalid_value",
@@ -53,7 +54,7 @@ def parse_size(value: Optional[str]) -> tuple[int, int]:
     width, height = int(match.group(1)), int(match.group(2))
     if width > MAX_SIDE or height > MAX_SIDE:
         raise invalid_request(
-            f"Invalid 'size': {value}. Width and height must be at most {MAX_SIDE}.",
+            f"Invalid 'size': {shown(value)}. Width and height must be at most {MAX_SIDE}.",
             param="size",
             code="invalid_value",
         )
@@ -129,14 +130,41 @@ def read_edit_form(request: Any) -> dict:
         if name in form:
             values[name] = form[name][0].text
     if "n" in form:
-        text = form["n"][0].text.strip()
-        values["n"] = int(text) if text.lstrip("-").isdigit() else text
+        values["n"] = form_integer(form["n"][0].text, "n")
     images = form.get("image") or form.get("image[]")
     if images:
         values["image"] = images[0]
     if "mask" in form:
         values["mask"] = form["mask"][0]
     return values
+
+
+_FORM_INTEGER = re.compile(r"[-+]?[0-9]+")
+#: Digits past which a form's integer is out of any range declared here,
+#: and short of Python's limit on converting text to an integer.
+_FORM_DIGITS = 20
+
+
+def form_integer(text: str, label: str) -> Any:
+    """
+    A form field's text as the JSON value it stands for: an integer if it
+    is one in ASCII digits, else the text, which the field's check refuses
+    as a string. C{str.isdigit} would take C{"²"}, which C{int} refuses;
+    thousands of digits are out of range, said without converting them.
+    """
+    text = text.strip()
+    if _FORM_INTEGER.fullmatch(text) is None:
+        return text
+    digits = len(text.lstrip("+-"))
+    if digits > _FORM_DIGITS:
+        side = "below minimum" if text.startswith("-") else "above maximum"
+        raise invalid_request(
+            f"Invalid '{label}': integer {side} value. Expected an integer of at most "
+            f"{_FORM_DIGITS} digits, but got {digits} digits instead.",
+            param=label,
+            code="invalid_value",
+        )
+    return int(text)
 
 
 def image_request(checked: dict) -> dict:
