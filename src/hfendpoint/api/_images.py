@@ -25,7 +25,8 @@ from hfendpoint.api._contract import (
 )
 from hfendpoint.api._endpoint import Context, Endpoint, Reply
 from hfendpoint.api._wording import shown
-from hfendpoint.errors import invalid_request, worker_failed
+from hfendpoint.api._imagestore import ImageTooLarge
+from hfendpoint.errors import OpenAIError, invalid_request, worker_failed
 from hfendpoint.interfaces import IImageStore, IWorkerClient
 from hfendpoint.web import dumps, parse_form
 
@@ -215,12 +216,13 @@ async def generate(
         return len(pngs) == n
 
     await client.request(call, worker_data(request), on_reply)
+    ids = store_all(store, pngs) if request["response_format"] == "url" else []
     parts = [b'{"created":%d,"data":[' % created]
     for i, png in enumerate(pngs):
         if i:
             parts.append(b",")
-        if request["response_format"] == "url":
-            parts += [b'{"url":', dumps(url_for(store.add(png))), b"}"]
+        if ids:
+            parts += [b'{"url":', dumps(url_for(ids[i])), b"}"]
         else:
             # Written as bytes rather than through the JSON encoder, which
             # would scan megabytes of base64 for characters base64 never has.
@@ -228,6 +230,47 @@ async def generate(
     parts.append(b"]}")
     # Megabytes of base64 go out as they are, not copied into one body.
     return parts
+
+
+def _not_kept(detail: str) -> OpenAIError:
+    return invalid_request(
+        f"The generated images cannot be served by URL: {detail}. Ask for response_format "
+        "'b64_json', or for fewer or smaller images.",
+        param="response_format",
+        code="image_too_large",
+    )
+
+
+def store_all(store: IImageStore, pngs: list[bytes]) -> list[str]:
+    """
+    Store a response's images and return their ids, or none of them: a URL
+    handed out must work when the client gets it. An image larger than
+    the store, or images that together push the first ones out (each
+    stored image makes room by dropping the oldest), would leave the
+    client with URLs already dead.
+
+    @raise OpenAIError: a 400 naming C{response_format} when they cannot
+        all be kept.
+    """
+    ids: list[str] = []
+    try:
+        for png in pngs:
+            ids.append(store.add(png))
+    except ImageTooLarge as e:
+        for image_id in ids:
+            store.delete(image_id)
+        raise _not_kept(
+            f"an image of {e.size} bytes is larger than the {e.capacity} bytes this server keeps "
+            "for URLs (--max-image-capacity)"
+        )
+    if any(store.get(image_id) is None for image_id in ids):
+        for image_id in ids:
+            store.delete(image_id)
+        raise _not_kept(
+            f"together ({sum(map(len, pngs))} bytes) they are more than this server keeps for URLs "
+            "(--max-image-capacity)"
+        )
+    return ids
 
 
 def _server(call: str) -> Any:
