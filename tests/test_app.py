@@ -537,7 +537,7 @@ class EmbeddingsTests(Case):
             ({"input": [1, "a"]}, "input"),
             ({"input": [[-1]]}, "input[0]"),
             ({"input": [[1], [2, True]]}, "input[1]"),
-            ({"input": [[1], [2, 3.0]]}, "input[1]"),
+            ({"input": [[1], [2, 3.5]]}, "input[1]"),
             ({"input": [[1], [2, 2**32]]}, "input[1]"),
             ({"input": [[1], [2, "3"]]}, "input[1]"),
             ({"input": [[1], [2, None]]}, "input[1]"),
@@ -572,9 +572,17 @@ class JSONBodyTests(Case):
         self.assertEqual(result["choices"][0]["message"]["content"], "x")
 
     def test_number_beyond_64_bits(self):
+        """
+        A seed beyond 64 bits is refused, as the spec bounds it; an upper
+        bound on tokens that large means no bound, and reaches the worker
+        as the largest integer it can take.
+        """
         h = AppHarness({"chat_completions": tokens_chat("x")})
-        error = self.error_of(h, "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 123456789012345678901234567890}')
-        self.assertEqual(error["param"], "max_tokens")
+        error = self.error_of(h, "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], "seed": 123456789012345678901234567890}')
+        self.assertEqual(error["param"], "seed")
+        self.assertEqual(h.worker.requests, [])
+        self.json_of(h, "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 123456789012345678901234567890}')
+        self.assertEqual(h.worker.requests[-1][1]["max_tokens"], 2**63 - 1)
 
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"fake"

@@ -22,7 +22,7 @@ from hfendpoint.api._contract import (
     nullable,
     ref,
 )
-from hfendpoint.api._wording import EMPTY_ARRAY, invalid_value, missing, not_one_of, wrong_type
+from hfendpoint.api._wording import EMPTY_ARRAY, invalid_value, missing, not_one_of, shown, wrong_type
 from hfendpoint.api._sampling import SAMPLING, LogitBias, Stop, StreamOptions
 from hfendpoint.errors import invalid_request
 
@@ -53,7 +53,7 @@ class Messages(Field):
             if role is None:
                 raise missing(f"{where}.role")
             if role not in ROLES:
-                raise not_one_of(f"{where}.role", ROLES, repr(role))
+                raise not_one_of(f"{where}.role", ROLES, shown(role))
             content = message.get("content")
             if content is None:
                 if role != "assistant":
@@ -163,7 +163,7 @@ class ToolChoice(Field):
         if not isinstance(value, (str, dict)):
             raise wrong_type(label, "a string or an object", value)
         if isinstance(value, str) and value not in TOOL_CHOICES:
-            raise not_one_of(label, TOOL_CHOICES, f"'{value}'")
+            raise not_one_of(label, TOOL_CHOICES, shown(value))
         return value
 
     def schema(self, components: Components, with_null: bool = True) -> Schema:
@@ -179,8 +179,8 @@ CHAT_REQUEST = Body(
         **SAMPLING,
         "stop": Stop(),
         "n": Integer(minimum=1, maximum=128),
-        "max_tokens": Integer(minimum=1),
-        "max_completion_tokens": Integer(minimum=1),
+        "max_tokens": Integer(minimum=1, saturate=True),
+        "max_completion_tokens": Integer(minimum=1, saturate=True),
         "logprobs": Boolean(),
         "top_logprobs": OnlyWith(
             field=Integer(minimum=0, maximum=20),
@@ -200,12 +200,11 @@ def worker_request(body: dict, checked: dict) -> dict:
     """
     What the worker receives: the request itself, every field passed
     through, with C{max_tokens} filled in from C{max_completion_tokens}
-    for workers that only know the older name.
+    for workers that only know the older name. Integers go as they were
+    checked (C{2} for C{2.0}).
     """
-    data = dict(body)
+    data = CHAT_REQUEST.forwarded(body, checked)
     data["stream"] = checked["stream"]
-    if checked["n"] is not None:
-        data["n"] = checked["n"]  # an int, even if it came as 2.0
     if checked["max_tokens"] is None and checked["max_completion_tokens"] is not None:
         data["max_tokens"] = checked["max_completion_tokens"]
     return data

@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 
 from twisted.internet.defer import FirstError, gatherResults
 
-from hfendpoint.api._wording import is_int
+from hfendpoint.api._wording import is_int, shown
 from hfendpoint.api._usage import count_prompt_tokens, make_usage
 from hfendpoint.errors import worker_failed
 from hfendpoint.interfaces import IWorkerClient
@@ -172,7 +172,7 @@ async def run_choices(
             else:
                 index = chunk.get("index", 0)
                 if not is_int(index) or not 0 <= index < n:
-                    raise worker_failed(f"The worker sent a chunk for choice {index!r}.")
+                    raise worker_failed(f"The worker sent a chunk for choice {shown(index)}.")
                 choice = choices[index]
             choice.add(chunk)
             on_chunk(choice, chunk)

@@ -21,6 +21,15 @@ MAX_LOGPROBS = 5
 MAX_BEST_OF = 20
 
 
+def _token_id(value: Any) -> bool:
+    """
+    Whether C{value} is written as a token id: an integer, C{2755930.0}
+    included (a JSON Schema integer), so that such a prompt is told it is
+    a token-id prompt rather than of the wrong type.
+    """
+    return is_int(value) or (type(value) is float and value.is_integer())
+
+
 @frozen(kw_only=True)
 class Prompt(Field):
     """
@@ -39,7 +48,7 @@ class Prompt(Field):
             raise invalid_value(label, EMPTY_ARRAY)
         if all(isinstance(p, str) for p in value):
             return value
-        if all(is_int(p) for p in value) or all(isinstance(p, list) and all(is_int(t) for t in p) for p in value):
+        if all(map(_token_id, value)) or all(isinstance(p, list) and all(map(_token_id, p)) for p in value):
             raise invalid_request(
                 "Invalid 'prompt': token-id prompts are not supported by this server; "
                 "send the prompt as a string or an array of strings.",
@@ -101,7 +110,7 @@ COMPLETION_REQUEST = Body(
         "logit_bias": LogitBias(),
         "n": Integer(default=DEFAULT_N, minimum=1, maximum=128),
         "best_of": BestOf(),
-        "max_tokens": Integer(default=DEFAULT_MAX_TOKENS, minimum=0),
+        "max_tokens": Integer(default=DEFAULT_MAX_TOKENS, minimum=0, saturate=True),
         "logprobs": Integer(minimum=0, maximum=MAX_LOGPROBS),
         "stream_options": StreamOptions(),
     },
@@ -114,7 +123,7 @@ def completion_request(body: dict, checked: dict) -> dict:
         number asked for, or C{None}), C{include_usage}, and C{data}: the
         worker's request without its per-prompt fields.
     """
-    data = dict(body)
+    data = COMPLETION_REQUEST.forwarded(body, checked)
     data["stream"] = checked["stream"]
     data["n"] = checked["n"]
     data["max_tokens"] = checked["max_tokens"]

@@ -19,63 +19,24 @@ from typing import Any, Callable, Optional
 
 from attrs import field, frozen
 
-from hfendpoint.api._wording import invalid_value, is_int, is_number, missing, not_one_of, wrong_type
+from hfendpoint.api._wording import invalid_value, is_int, is_number, missing, not_one_of, shown, wrong_type
+from hfendpoint.api._schema import (
+    INT64_MAX,
+    INT64_MIN,
+    Components,
+    Schema,
+    at_most,
+    nullable,
+    ref,
+    requires_true,
+)
 from hfendpoint.errors import invalid_request
 
-Schema = dict[str, Any]
-
-#: Named schemas a field adds to C{components.schemas} when rendered.
-Components = dict[str, Schema]
-
-#: Integers travel to the worker as 64-bit MessagePack integers.
-INT64_MIN = -(2**63)
-INT64_MAX = 2**63 - 1
-
-
-def ref(name: str) -> Schema:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def nullable(schema: Schema) -> Schema:
-    """
-    C{schema}, or C{null}: what an optional field accepts.
-    """
-    kind = schema.get("type")
-    if isinstance(kind, str):
-        return {**schema, "type": [kind, "null"]}
-    if "enum" in schema and len(schema) == 1:
-        return {"enum": [*schema["enum"], None]}
-    if "anyOf" in schema and len(schema) == 1:
-        return {"anyOf": [*schema["anyOf"], {"type": "null"}]}
-    return {"anyOf": [schema, {"type": "null"}]}
-
-
-def at_most(limit: int) -> str:
-    """
-    A regular expression for the decimal numbers 1 to C{limit}, without
-    leading zeros.
-    """
-    digits = str(limit)
-    width = len(digits)
-    options = [f"[1-9][0-9]{{0,{width - 2}}}"] if width > 1 else []
-    for i, char in enumerate(digits):
-        low = 1 if i == 0 else 0
-        if int(char) > low:
-            rest = width - i - 1
-            options.append(digits[:i] + f"[{low}-{int(char) - 1}]" + (f"[0-9]{{{rest}}}" if rest else ""))
-    options.append(digits)
-    return "(?:" + "|".join(options) + ")"
-
-
-def requires_true(name: str, flag: str) -> Schema:
-    """
-    The schema rule for a non-null C{name} that needs C{flag} set to C{true}.
-    """
-    return {
-        "if": {"required": [name], "properties": {name: {"not": {"type": "null"}}}},
-        "then": {"required": [flag], "properties": {flag: {"const": True}}},
-    }
-
+#: The fields, the body, and the schema pieces the declarations use with them.
+__all__ = [
+    "INT64_MAX", "INT64_MIN", "Components", "Schema", "at_most", "nullable", "ref", "requires_true",
+    "Field", "String", "Boolean", "Integer", "Number", "OneOf", "Object", "Array", "OnlyWith", "Refused", "Body",
+]
 
 # Fields
 
@@ -164,14 +125,27 @@ class Boolean(Field):
         return {"type": "boolean"}
 
 
+def _number(value: float) -> str:
+    """
+    A bound or a client's number in a message, as the API writes it; an
+    integer too big for a float (a form field of thousands of digits) by
+    its type, which C{:g} cannot format.
+    """
+    if isinstance(value, int) and abs(value) >= 10**15:
+        return shown(value) if abs(value) >= 10**64 else f"{float(value):g}"
+    return f"{value:g}"
+
+
 def _check_range(label: str, value: float, minimum: Optional[float], maximum: Optional[float], kind: str) -> None:
     if minimum is not None and value < minimum:
         raise invalid_value(
-            label, f"{kind} below minimum value. Expected a value >= {minimum:g}, but got {value:g} instead."
+            label,
+            f"{kind} below minimum value. Expected a value >= {_number(minimum)}, but got {_number(value)} instead.",
         )
     if maximum is not None and value > maximum:
         raise invalid_value(
-            label, f"{kind} above maximum value. Expected a value <= {maximum:g}, but got {value:g} instead."
+            label,
+            f"{kind} above maximum value. Expected a value <= {_number(maximum)}, but got {_number(value)} instead.",
         )
 
 
@@ -187,35 +161,39 @@ def _bounds(minimum: Optional[float], maximum: Optional[float]) -> Schema:
 @frozen(kw_only=True)
 class Integer(Field):
     """
-    An integer; C{2.0} is taken as C{2}, as JSON Schema does.
+    An integer; C{2.0} is taken as C{2}, as JSON Schema does, and given
+    to the worker as C{2} (see L{Body.forwarded}).
+
+    @ivar saturate: without a declared maximum, a value above what the
+        worker can take (C{INT64_MAX}) is taken as C{INT64_MAX} rather
+        than refused. For an upper bound such as C{max_tokens}, which the
+        API's spec leaves unbounded, any bound that large means the same:
+        no model makes that many tokens.
     """
 
     minimum: Optional[int] = None
     maximum: Optional[int] = None
+    saturate: bool = False
 
     def check_value(self, value: Any, label: str, checked: dict) -> Any:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if not is_int(value):
             raise wrong_type(label, "an integer", value)
-        _check_range(
-            label,
-            value,
-            INT64_MIN if self.minimum is None else self.minimum,
-            INT64_MAX if self.maximum is None else self.maximum,
-            "integer",
-        )
+        maximum = self.maximum
+        if maximum is None:
+            if self.saturate and value > INT64_MAX:
+                value = INT64_MAX
+            maximum = INT64_MAX
+        _check_range(label, value, INT64_MIN if self.minimum is None else self.minimum, maximum, "integer")
         return value
 
     def type_schema(self, components: Components) -> Schema:
         # Stated even when not declared: what the worker can take is checked.
-        return {
-            "type": "integer",
-            **_bounds(
-                INT64_MIN if self.minimum is None else self.minimum,
-                INT64_MAX if self.maximum is None else self.maximum,
-            ),
-        }
+        maximum = self.maximum
+        if maximum is None and not self.saturate:
+            maximum = INT64_MAX
+        return {"type": "integer", **_bounds(INT64_MIN if self.minimum is None else self.minimum, maximum)}
 
 
 @frozen(kw_only=True)
@@ -245,7 +223,7 @@ class OneOf(Field):
         if not isinstance(value, str):
             raise wrong_type(label, "a string", value)
         if value not in self.choices:
-            raise not_one_of(label, self.choices, f"'{value}'")
+            raise not_one_of(label, self.choices, shown(value))
         return value
 
     def type_schema(self, components: Components) -> Schema:
@@ -360,6 +338,21 @@ class Body:
         self._checks = tuple(
             (name, declared.required, declared.default, declared.check_value) for name, declared in self._items
         )
+
+    def forwarded(self, body: dict, checked: dict) -> dict:
+        """
+        A copy of C{body} for the worker, every field passed through, but
+        each integer as it was checked: C{2.0} or C{1e2} pass the check as
+        integers and must reach the worker as such (a worker checking its
+        own request refuses a float), and a saturated bound as its limit.
+        """
+        data = dict(body)
+        for name, value in checked.items():
+            if type(value) is int:
+                given = body.get(name)
+                if given is not None and (type(given) is not int or given != value):
+                    data[name] = value
+        return data
 
     def validate(self, body: dict) -> dict:
         """

@@ -50,7 +50,7 @@ class Input(Field):
     def check_value(self, value: Any, label: str, checked: dict) -> Any:
         if isinstance(value, str):
             value = [value]
-        elif isinstance(value, list) and value and all(is_int(v) for v in value):
+        elif isinstance(value, list) and value and all(is_int(v) or _integral(v) for v in value):
             value = [value]
         if not isinstance(value, list):
             raise wrong_type(label, "a string or an array", value)
@@ -71,6 +71,7 @@ class Input(Field):
         if kinds == {list}:
             if all(value) and _token_ids(chain.from_iterable(value)):
                 return None, value
+            value = [_integral_ids(tokens) for tokens in value]
             for i, tokens in enumerate(value):
                 if not tokens:
                     raise _empty_item(i)
@@ -120,6 +121,22 @@ def _token_ids(tokens: Iterable[Any]) -> bool:
     except OverflowError:
         return False
     return True
+
+
+def _integral(value: Any) -> bool:
+    return type(value) is float and value.is_integer()
+
+
+def _integral_ids(tokens: list) -> list:
+    """
+    C{tokens} with each integral float (C{2755930.0}) as its integer: the
+    spec's token ids are JSON Schema integers, which such a number is, and
+    the worker must receive integers. Only on the slow path: a batch of
+    exact integers is never copied.
+    """
+    if any(type(t) is float for t in tokens):
+        return [int(t) if _integral(t) else t for t in tokens]
+    return tokens
 
 
 def _empty_item(index: int) -> Exception:

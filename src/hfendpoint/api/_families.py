@@ -7,9 +7,9 @@ documents it.
 
 from __future__ import annotations
 
-from hfendpoint.api import _chat, _completions, _embeddings, _images, _responses
+from hfendpoint.api import _chat, _completions, _embeddings, _images, _responses, _tokens
 from hfendpoint.api._endpoint import Endpoint
 
-FAMILIES = (_chat, _completions, _responses, _embeddings, _images)
+FAMILIES = (_chat, _completions, _responses, _embeddings, _images, _tokens)
 
 ENDPOINTS: tuple[Endpoint, ...] = tuple(endpoint for family in FAMILIES for endpoint in family.ENDPOINTS)

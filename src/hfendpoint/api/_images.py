@@ -24,7 +24,9 @@ from hfendpoint.api._contract import (
     ref,
 )
 from hfendpoint.api._endpoint import Context, Endpoint, Reply
-from hfendpoint.errors import invalid_request, worker_failed
+from hfendpoint.api._wording import shown
+from hfendpoint.api._imagestore import ImageTooLarge
+from hfendpoint.errors import OpenAIError, invalid_request, worker_failed
 from hfendpoint.interfaces import IImageStore, IWorkerClient
 from hfendpoint.web import dumps, parse_form
 
@@ -45,7 +47,7 @@ def parse_size(value: Optional[str]) -> tuple[int, int]:
     match = _SIZE.match(value) if isinstance(value, str) else None
     if match is None:
         raise invalid_request(
-            f"Invalid 'size': {value!r}. Expected 'auto' or WIDTHxHEIGHT, for "
+            f"Invalid 'size': {shown(value)}. Expected 'auto' or WIDTHxHEIGHT, for "
             "example '1024x1024'.",
             param="size",
             code="invalid_value",
@@ -53,7 +55,7 @@ def parse_size(value: Optional[str]) -> tuple[int, int]:
     width, height = int(match.group(1)), int(match.group(2))
     if width > MAX_SIDE or height > MAX_SIDE:
         raise invalid_request(
-            f"Invalid 'size': {value}. Width and height must be at most {MAX_SIDE}.",
+            f"Invalid 'size': {shown(value)}. Width and height must be at most {MAX_SIDE}.",
             param="size",
             code="invalid_value",
         )
@@ -129,14 +131,41 @@ def read_edit_form(request: Any) -> dict:
         if name in form:
             values[name] = form[name][0].text
     if "n" in form:
-        text = form["n"][0].text.strip()
-        values["n"] = int(text) if text.lstrip("-").isdigit() else text
+        values["n"] = form_integer(form["n"][0].text, "n")
     images = form.get("image") or form.get("image[]")
     if images:
         values["image"] = images[0]
     if "mask" in form:
         values["mask"] = form["mask"][0]
     return values
+
+
+_FORM_INTEGER = re.compile(r"[-+]?[0-9]+")
+#: Digits past which a form's integer is out of any range declared here,
+#: and short of Python's limit on converting text to an integer.
+_FORM_DIGITS = 20
+
+
+def form_integer(text: str, label: str) -> Any:
+    """
+    A form field's text as the JSON value it stands for: an integer if it
+    is one in ASCII digits, else the text, which the field's check refuses
+    as a string. C{str.isdigit} would take C{"²"}, which C{int} refuses;
+    thousands of digits are out of range, said without converting them.
+    """
+    text = text.strip()
+    if _FORM_INTEGER.fullmatch(text) is None:
+        return text
+    digits = len(text.lstrip("+-"))
+    if digits > _FORM_DIGITS:
+        side = "below minimum" if text.startswith("-") else "above maximum"
+        raise invalid_request(
+            f"Invalid '{label}': integer {side} value. Expected an integer of at most "
+            f"{_FORM_DIGITS} digits, but got {digits} digits instead.",
+            param=label,
+            code="invalid_value",
+        )
+    return int(text)
 
 
 def image_request(checked: dict) -> dict:
@@ -187,12 +216,13 @@ async def generate(
         return len(pngs) == n
 
     await client.request(call, worker_data(request), on_reply)
+    ids = store_all(store, pngs) if request["response_format"] == "url" else []
     parts = [b'{"created":%d,"data":[' % created]
     for i, png in enumerate(pngs):
         if i:
             parts.append(b",")
-        if request["response_format"] == "url":
-            parts += [b'{"url":', dumps(url_for(store.add(png))), b"}"]
+        if ids:
+            parts += [b'{"url":', dumps(url_for(ids[i])), b"}"]
         else:
             # Written as bytes rather than through the JSON encoder, which
             # would scan megabytes of base64 for characters base64 never has.
@@ -200,6 +230,47 @@ async def generate(
     parts.append(b"]}")
     # Megabytes of base64 go out as they are, not copied into one body.
     return parts
+
+
+def _not_kept(detail: str) -> OpenAIError:
+    return invalid_request(
+        f"The generated images cannot be served by URL: {detail}. Ask for response_format "
+        "'b64_json', or for fewer or smaller images.",
+        param="response_format",
+        code="image_too_large",
+    )
+
+
+def store_all(store: IImageStore, pngs: list[bytes]) -> list[str]:
+    """
+    Store a response's images and return their ids, or none of them: a URL
+    handed out must work when the client gets it. An image larger than
+    the store, or images that together push the first ones out (each
+    stored image makes room by dropping the oldest), would leave the
+    client with URLs already dead.
+
+    @raise OpenAIError: a 400 naming C{response_format} when they cannot
+        all be kept.
+    """
+    ids: list[str] = []
+    try:
+        for png in pngs:
+            ids.append(store.add(png))
+    except ImageTooLarge as e:
+        for image_id in ids:
+            store.delete(image_id)
+        raise _not_kept(
+            f"an image of {e.size} bytes is larger than the {e.capacity} bytes this server keeps "
+            "for URLs (--max-image-capacity)"
+        )
+    if any(store.get(image_id) is None for image_id in ids):
+        for image_id in ids:
+            store.delete(image_id)
+        raise _not_kept(
+            f"together ({sum(map(len, pngs))} bytes) they are more than this server keeps for URLs "
+            "(--max-image-capacity)"
+        )
+    return ids
 
 
 def _server(call: str) -> Any:

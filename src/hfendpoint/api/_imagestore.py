@@ -13,6 +13,19 @@ from zope.interface import implementer
 from hfendpoint.interfaces import IImageStore
 
 
+class ImageTooLarge(Exception):
+    """
+    An image larger than the whole store: kept, it would be dropped at
+    once (its URL dead before the client has it), and every other image
+    with it.
+    """
+
+    def __init__(self, size: int, capacity: int) -> None:
+        super().__init__(f"an image of {size} bytes is larger than the store's {capacity}")
+        self.size = size
+        self.capacity = capacity
+
+
 @implementer(IImageStore)
 class MemoryImageStore:
     """
@@ -31,6 +44,11 @@ class MemoryImageStore:
         return len(self._images)
 
     def add(self, png: bytes) -> str:
+        """
+        @raise ImageTooLarge: for an image larger than the capacity.
+        """
+        if len(png) > self.capacity:
+            raise ImageTooLarge(len(png), self.capacity)
         image_id = "img-" + secrets.token_urlsafe(24)
         self._images[image_id] = png
         self.size += len(png)

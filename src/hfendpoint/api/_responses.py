@@ -12,7 +12,7 @@ from attrs import frozen
 
 from hfendpoint.api._choices import CALL, Choice, new_id, prompt_text, run_choices, usage_for
 from hfendpoint.api._contract import Body, Boolean, Components, Field, Integer, Refused, Schema, String, ref
-from hfendpoint.api._wording import invalid_value, missing, not_one_of, wrong_type
+from hfendpoint.api._wording import invalid_value, missing, not_one_of, shown, wrong_type
 from hfendpoint.api._endpoint import Context, Endpoint, Reply, Stream
 from hfendpoint.api._sampling import SAMPLING
 from hfendpoint.errors import OpenAIError, invalid_request
@@ -67,15 +67,17 @@ class Input(Field):
             if not isinstance(item, dict):
                 raise wrong_type(where, "an object", item)
             kind = item.get("type", "message")
+            if not isinstance(kind, str):
+                raise wrong_type(f"{where}.type", "a string", kind)
             if kind != "message":
                 raise invalid_request(
-                    f"Invalid '{where}.type': input items of type {kind!r} are not supported; use messages.",
+                    f"Invalid '{where}.type': input items of type {shown(kind)} are not supported; use messages.",
                     param=f"{where}.type",
                     code="unsupported_value",
                 )
             role = item.get("role")
             if role not in ROLES:
-                raise not_one_of(f"{where}.role", ROLES, repr(role))
+                raise not_one_of(f"{where}.role", ROLES, shown(role))
             if item.get("content") is None:
                 raise missing(f"{where}.content")
             messages.append({"role": role, "content": _content_text(item["content"], where)})
@@ -109,7 +111,7 @@ RESPONSE_REQUEST = Body(
         "input": Input(),
         "stream": Boolean(default=False),
         **SAMPLING,
-        "max_output_tokens": Integer(minimum=16),
+        "max_output_tokens": Integer(minimum=16, saturate=True),
         "previous_response_id": Refused(
             message="'previous_response_id' is not supported: this server does not store responses."
         ),
@@ -127,7 +129,7 @@ def worker_request(body: dict, checked: dict) -> dict:
     messages = checked["input"]
     if checked["instructions"]:
         messages.insert(0, {"role": "system", "content": checked["instructions"]})
-    data = {k: v for k, v in body.items() if k not in _NOT_FOR_THE_WORKER}
+    data = {k: v for k, v in RESPONSE_REQUEST.forwarded(body, checked).items() if k not in _NOT_FOR_THE_WORKER}
     data["messages"] = messages
     data["stream"] = checked["stream"]
     if checked["max_output_tokens"] is not None:
@@ -284,7 +286,9 @@ def _status(finish_reason: Optional[str]) -> tuple[str, Optional[str]]:
 
 async def serve(context: Context, body: dict, checked: dict) -> Reply:
     context.require(CALL)
-    responder = Responder(context.client, body, worker_request(body, checked), context.model, context.created)
+    # The response echoes the request: its integers as checked.
+    echoed = RESPONSE_REQUEST.forwarded(body, checked)
+    responder = Responder(context.client, echoed, worker_request(body, checked), context.model, context.created)
     if checked["stream"]:
         return Stream(responder.stream, responder.fail)
     return await responder.complete()

@@ -6,6 +6,7 @@ three of them.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from attrs import frozen
@@ -16,17 +17,66 @@ from hfendpoint.api._contract import (
     Field,
     Integer,
     Number,
-    Object,
     Schema,
     String,
     nullable,
     ref,
     requires_true,
 )
-from hfendpoint.api._wording import invalid_value, is_number, wrong_type
+from hfendpoint.api._wording import invalid_value, is_number, shown, wrong_type
 from hfendpoint.errors import invalid_request
 
 MAX_STOP = 4
+#: The API's bounds on C{metadata}: pairs, key length, value length.
+METADATA_PAIRS = 16
+METADATA_KEY = 64
+METADATA_VALUE = 512
+
+
+@frozen(kw_only=True)
+class Metadata(Field):
+    """
+    Up to 16 string values under keys of up to 64 characters, as the API
+    takes them. Checked rather than passed as any object: the Responses
+    API sends it back, and an object nested hundreds deep is more than
+    the JSON encoder writes (a 500 instead of this 400).
+    """
+
+    def check_value(self, value: Any, label: str, checked: dict) -> Any:
+        if not isinstance(value, dict):
+            raise wrong_type(label, "an object", value)
+        if len(value) > METADATA_PAIRS:
+            raise invalid_value(
+                label,
+                f"too many properties. Expected an object with at most {METADATA_PAIRS} properties, "
+                f"but got an object with {len(value)} properties instead.",
+            )
+        for key, item in value.items():
+            if len(key) > METADATA_KEY:
+                raise invalid_value(
+                    label,
+                    f"key too long. Expected keys with maximum length {METADATA_KEY}, "
+                    f"but got a key with length {len(key)} instead.",
+                )
+            where = f"{label}.{key}"
+            if not isinstance(item, str):
+                raise wrong_type(where, "a string", item)
+            if len(item) > METADATA_VALUE:
+                raise invalid_value(
+                    where,
+                    f"string too long. Expected a string with maximum length {METADATA_VALUE}, "
+                    f"but got a string with length {len(item)} instead.",
+                )
+        return value
+
+    def type_schema(self, components: Components) -> Schema:
+        return {
+            "type": "object",
+            "maxProperties": METADATA_PAIRS,
+            "propertyNames": {"maxLength": METADATA_KEY},
+            "additionalProperties": {"type": "string", "maxLength": METADATA_VALUE},
+        }
+
 
 SAMPLING: dict[str, Field] = {
     "temperature": Number(minimum=0, maximum=2),
@@ -35,7 +85,7 @@ SAMPLING: dict[str, Field] = {
     "frequency_penalty": Number(minimum=-2, maximum=2),
     "seed": Integer(),
     "user": String(),
-    "metadata": Object(),
+    "metadata": Metadata(),
 }
 
 
@@ -69,18 +119,30 @@ class Stop(Field):
         return ref("Stop")
 
 
+_TOKEN_KEY_PATTERN = "^-?[0-9]{1,18}$"
+_TOKEN_KEY = re.compile(_TOKEN_KEY_PATTERN[1:-1])
+
+
 @frozen(kw_only=True)
 class LogitBias(Field):
     """
     Token ids (as object keys) to a bias from -100 to 100.
+
+    A key is an id in ASCII digits that a 64-bit integer holds: the worker
+    receives the map as it is and reads each key as an integer, which
+    C{"²"} (a digit to C{str.isdigit}), C{"--5"} or C{"2755930.0"} are not.
+    The spec types the map's values, not its keys; the API refuses such
+    keys too.
     """
 
     def check_value(self, value: Any, label: str, checked: dict) -> Any:
         if not isinstance(value, dict):
             raise wrong_type(label, "an object", value)
         for key, bias in value.items():
-            if not key.lstrip("-").isdigit():
-                raise invalid_request(f"Invalid key in 'logit_bias': {key}. Keys must be token ids.", param=label)
+            if _TOKEN_KEY.fullmatch(key) is None:
+                raise invalid_request(
+                    f"Invalid key in 'logit_bias': {shown(key)}. Keys must be token ids.", param=label
+                )
             if not is_number(bias) or not -100 <= bias <= 100:
                 raise invalid_request(
                     f"Invalid value for 'logit_bias' key {key}: values must be numbers between -100 and 100.",
@@ -92,7 +154,7 @@ class LogitBias(Field):
         components["LogitBias"] = nullable(
             {
                 "type": "object",
-                "propertyNames": {"pattern": "^-*[0-9]+$"},
+                "propertyNames": {"pattern": _TOKEN_KEY_PATTERN},
                 "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100},
             }
         )

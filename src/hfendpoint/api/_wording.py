@@ -25,6 +25,29 @@ def type_name(value: Any) -> str:
     return _TYPE_NAMES.get(type(value), type(value).__name__)
 
 
+#: The most of a client's string an error message repeats.
+SHOWN_LENGTH = 64
+
+
+def shown(value: Any) -> str:
+    """
+    A client's value as an error message quotes it: a string (cut short)
+    or a number as written, anything else by its type only. Never C{repr}
+    of a container: a list nested a thousand deep exceeds Python's
+    recursion limit there, and a long one would make a message of
+    megabytes.
+    """
+    if isinstance(value, str):
+        if len(value) > SHOWN_LENGTH:
+            return repr(value[:SHOWN_LENGTH]) + "..."
+        return repr(value)
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else "true" if value else "false"
+    if isinstance(value, float) or (isinstance(value, int) and abs(value) < 10**SHOWN_LENGTH):
+        return repr(value)
+    return type_name(value)
+
+
 def missing(name: str) -> OpenAIError:
     return invalid_request(f"Missing required parameter: '{name}'.", param=name)
 
