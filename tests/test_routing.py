@@ -73,13 +73,24 @@ class ExactRoutesTests(SynchronousTestCase):
         self.assertEqual((request.written, request.finished), ([], 1))
 
     def test_other_methods_and_paths_go_to_klein(self):
-        get = DummyRequest([b"v1", b"waits"])
+        get = DummyRequest([b"v1", b"other"])
         unknown = post(b"/v1/other")
         slash = post(b"/v1/waits/")
         for request in (get, unknown, slash):
             self.assertEqual(self.routes.render(request), b"fallback")
         self.assertEqual(self.fallback.rendered, [get, unknown, slash])
         self.assertEqual(self.calls, [])
+
+    def test_other_methods_on_a_route_are_not_allowed(self):
+        """
+        A route's path has POST only, whatever Klein's patterns would
+        match it with (test_http_answers.py tests it through the gateway).
+        """
+        get = DummyRequest([b"v1", b"waits"])
+        self.assertIn(b'"code":"method_not_allowed"', self.routes.render(get))
+        self.assertEqual(get.responseCode, 405)
+        self.assertEqual(get.responseHeaders.getRawHeaders(b"allow"), [b"POST"])
+        self.assertEqual(self.fallback.rendered, [])
 
     def test_failure_is_rendered(self):
         request = post(b"/v1/refuses")

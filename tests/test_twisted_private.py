@@ -95,7 +95,7 @@ class ImportTests(SynchronousTestCase):
     def test_public_when_forced(self):
         for value in ("1", "yes"):
             first, reason = probe(**{_twisted_private.PUBLIC_ONLY_VARIABLE: value})
-            self.assertEqual(first, "False HTTPChannel")
+            self.assertEqual(first, "False HardenedChannel")
             self.assertIn(_twisted_private.PUBLIC_ONLY_VARIABLE, reason)
 
     def test_not_forced_by_zero_or_empty(self):
@@ -108,5 +108,5 @@ class ImportTests(SynchronousTestCase):
         first, reason = probe(
             "import twisted.internet.abstract as a; del a.FileDescriptor._maybePauseProducer"
         )
-        self.assertEqual(first, "False HTTPChannel")
+        self.assertEqual(first, "False HardenedChannel")
         self.assertEqual(reason, "this Twisted has no _maybePauseProducer")

@@ -20,8 +20,9 @@ The private names, all read here and nowhere else:
  - of L{twisted.web.http}: C{HTTPChannel._send100Continue} and
    C{HTTPChannel._respondToBadRequestAndDisconnect} (the two writes
    Twisted's channel makes to its transport itself, which must not pass
-   what the channel holds), and C{_GenericHTTPChannelProtocol} (the
-   protocol Twisted's site wraps its channel in).
+   what the channel holds, and the second of which also becomes an
+   OpenAI-shaped 400), and C{_GenericHTTPChannelProtocol} (the protocol
+   Twisted's site wraps its channel in).
 """
 
 from __future__ import annotations
@@ -195,7 +196,21 @@ class FlushingHTTPChannel(http.HTTPChannel):
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         self.flush_now()
+        self.bad_request()
+
+    def bad_request(self) -> None:
+        """
+        Answer a request Twisted's parser refused (a malformed line or
+        header), and close: by default with Twisted's bare 400; a
+        subclass answers as it likes.
+        """
         super()._respondToBadRequestAndDisconnect()
+
+
+#: The class the gateway's channels derive from: L{FlushingHTTPChannel}
+#: when L{DIRECT}, Twisted's own L{http.HTTPChannel} on the public path
+#: (where Twisted's malformed-request 400 stays bare).
+CHANNEL_BASE: Any = FlushingHTTPChannel if DIRECT else http.HTTPChannel
 
 
 def site_protocol(channel: http.HTTPChannel) -> Any:

@@ -96,11 +96,21 @@ def worker_gone(message: str) -> OpenAIError:
     return OpenAIError(502, message, "api_error", None, "worker_unavailable")
 
 
+#: Seconds a client is told to wait before retrying when no worker can
+#: take its request: the supervisor's first restart comes after half a
+#: second, and a client that retries at once only adds to the load.
+RETRY_AFTER_WORKER = 1
+
+
 def worker_unavailable(message: str) -> OpenAIError:
     """
-    A 503: there is no worker to take the request right now.
+    A 503 with C{Retry-After}: there is no worker to take the request right
+    now, and there will be one again soon.
     """
-    return OpenAIError(503, message, "api_error", None, "worker_unavailable")
+    return OpenAIError(
+        503, message, "api_error", None, "worker_unavailable",
+        headers={"Retry-After": str(RETRY_AFTER_WORKER)},
+    )
 
 
 def timed_out(message: str) -> OpenAIError:

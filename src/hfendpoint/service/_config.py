@@ -49,6 +49,11 @@ class GatewayConfig:
     @ivar access_log: C{True} for Twisted's access log through the global
         log, C{False} for none, or a text stream to write Combined Log
         Format lines to directly.
+    @ivar request_head_timeout: seconds a client has to send a whole
+        request head from its first byte (C{0}: no limit), answered with a
+        408 past that; the idle timeout alone starts again on every byte.
+    @ivar min_body_rate: bytes a second a request body must average once
+        C{body_rate_grace} seconds have passed (C{0}: no limit), or a 408.
     """
 
     worker_command: Optional[tuple[str, ...]] = attrs.field(default=None, converter=_tuple)
@@ -79,6 +84,9 @@ class GatewayConfig:
     forwarded_allow_ips: tuple[str, ...] = attrs.field(default=("127.0.0.1", "::1"), converter=tuple)
     log_format: str = attrs.field(default="text", validator=attrs.validators.in_(("text", "json")))
     metrics_listen: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    request_head_timeout: float = 60.0
+    min_body_rate: int = 500
+    body_rate_grace: float = 20.0
 
     def replace(self, **changes: Any) -> "GatewayConfig":
         """

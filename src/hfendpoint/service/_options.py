@@ -122,6 +122,9 @@ OPTIONS = (
     Option("log-format", "log_format", log_format, "text, or json for one JSON object per line (time, level, event, request id, method, path, status, duration, client), the access log's too", "FORMAT"),
     Option("metrics-listen", "metrics_listen", str, "also serve /metrics, alone and without API keys, on this Twisted endpoint (tcp:9100:interface=10.0.0.5); repeatable", "DESCRIPTION", repeatable=True),
     Option("max-restarts", "max_restarts", non_negative_int, "give up and exit after N restarts of a failing worker in a row (default: restart forever, with a growing delay; 0: exit when the worker exits)"),
+    Option("request-head-timeout", "request_head_timeout", non_negative_float, "longest time a client may take to send a request's line and headers, from its first byte, before a 408 (0: no limit)", "SECONDS", _seconds),
+    Option("min-body-rate", "min_body_rate", non_negative_int, "slowest average rate, in bytes a second, of a request body once --body-rate-grace has passed, before a 408 (0: no limit)", "BYTES"),
+    Option("body-rate-grace", "body_rate_grace", non_negative_float, "seconds a request body may take before --min-body-rate applies", "SECONDS", _seconds),
 )
 
 @attrs.frozen

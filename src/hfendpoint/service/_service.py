@@ -112,6 +112,9 @@ class GatewayService(MultiService):
             timeout=config.idle_timeout,
             reactor=reactor,
             flusher=self.flusher,
+            request_head_timeout=config.request_head_timeout,
+            min_body_rate=config.min_body_rate,
+            body_rate_grace=config.body_rate_grace,
         )
         self._failure_waiters: list[Deferred] = []
         self._listeners = []

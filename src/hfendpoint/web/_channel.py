@@ -6,8 +6,8 @@ big response as soon as it is whole).
 
 Writing to the socket directly needs names Twisted keeps private; they
 are all in L{hfendpoint._twisted_private}, which says why they are worth
-it. Where it cannot use them, the site takes Twisted's own channel
-instead. What the socket does not take at once, and everything while the
+it. Where it cannot use them, the site takes the channel this one
+derives from (L{hfendpoint.web._hardened.HardenedChannel}) instead. What the socket does not take at once, and everything while the
 transport still holds bytes, goes through the transport as before, which
 keeps its flow control: a slow client still pauses a streaming response's
 producer. Anything but plain TCP (TLS, HTTP/2) writes through the
@@ -24,8 +24,9 @@ from typing import Any, Iterable, Optional
 from twisted.internet import tcp
 from twisted.web.http_headers import Headers
 
-from hfendpoint._twisted_private import FlushingHTTPChannel, direct_transport, send, send_parts
+from hfendpoint._twisted_private import direct_transport, send, send_parts
 from hfendpoint.web._coalescing import TurnFlusher
+from hfendpoint.web._hardened import HardenedChannel
 
 #: Held parts are sent with one C{sendmsg} rather than joined first when
 #: they are few (the kernel takes at most 1024) and add up to this many bytes.
@@ -100,9 +101,9 @@ class HeldWrites:
         self._held = []
 
 
-class GatewayChannel(FlushingHTTPChannel):
+class GatewayChannel(HardenedChannel):
     """
-    An L{HTTPChannel} that holds what its requests write during a turn and
+    A L{HardenedChannel} that holds what its requests write during a turn and
     sends it at the end of the turn, straight to the socket when it can.
 
     Everything that writes to the transport behind the channel's back

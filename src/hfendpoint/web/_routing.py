@@ -7,7 +7,25 @@ the handler in several Deferreds and looks up request components: about
 as much CPU as the whole worker round trip of a small embeddings call.
 The handful of POST routes that carry the traffic have fixed paths, so a
 dictionary finds them; everything else (other methods, other paths, the
-405s and 404s) goes to the Klein resource unchanged.
+405s and 404s) goes to the Klein resource, except what Klein answers
+badly:
+
+ - a path that is not UTF-8 once percent-decoded (C{/v1/models/%ff}), or
+   a C{Host} that is not: Klein answers a plain-text 400 and logs a
+   traceback for each; here, an OpenAI-shaped 400 and nothing logged;
+ - a path with an empty segment (C{/v1//models}): werkzeug redirects it
+   with a 308 whose C{Location} Klein's error handling loses. It is a 404
+   here, as for any path the API does not have: a redirect would make a
+   client send its body twice to reach a URL it should have spelled
+   right, and its C{Location} would have to be built from the C{Host} the
+   client sent;
+ - another method than POST on a route's path: Klein matches
+   C{/v1/images/generations} against C{/v1/images/<image_id>} as well, so
+   a GET there looked for an image named C{generations} and an OPTIONS
+   was told GET and DELETE were allowed. Here, a 405 saying C{Allow:
+   POST}, the one method the path has (the gateway serves OPTIONS only as
+   a CORS preflight, answered before this resource when origins are
+   configured; everywhere else it is a 405 with the path's own C{Allow}).
 """
 
 from __future__ import annotations
@@ -19,6 +37,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
+
+from hfendpoint.errors import OpenAIError, invalid_request, not_found
+from hfendpoint.web._json import send_error
 
 #: One logger for the module: a Logger that is a class attribute makes a
 #: new Logger on every access through an instance, one per request here.
@@ -48,13 +69,43 @@ class ExactRoutes(Resource):
         self._on_failure = on_failure
 
     def render(self, request: Any) -> Any:
-        handler = None
-        if request.method == b"POST":
-            handler = self._routes.get(b"/" + b"/".join(request.postpath))
+        path = b"/" + b"/".join(request.postpath)
+        handler = self._routes.get(path) if request.method == b"POST" else None
         if handler is None:
+            error = self._refusal(request, path)
+            if error is not None:
+                return send_error(request, error)
             return self._fallback.render(request)
         _Exchange(request, handler, self._on_failure)
         return NOT_DONE_YET
+
+    def _refusal(self, request: Any, path: bytes) -> Optional[OpenAIError]:
+        """
+        The error to answer instead of letting Klein see C{request}, if any
+        (see the module's docstring).
+        """
+        try:
+            path.decode("utf-8")
+        except UnicodeDecodeError:
+            return invalid_request("The request's path is not valid UTF-8 once percent-decoded.", code="invalid_url")
+        try:
+            request.getRequestHostname().decode("utf-8")
+        except UnicodeDecodeError:
+            return invalid_request("The request's Host header is not valid UTF-8.", code="invalid_host")
+        if b"//" in path:
+            method = request.method.decode("ascii", "replace")
+            return not_found(f"Invalid URL ({method} {request.path.decode('utf-8', 'replace')})", code="unknown_url")
+        if path in self._routes:
+            method = request.method.decode("ascii", "replace")
+            return OpenAIError(
+                405,
+                f"Method {method} is not allowed here. Allowed: POST.",
+                "invalid_request_error",
+                None,
+                "method_not_allowed",
+                headers={"Allow": "POST"},
+            )
+        return None
 
 
 class _Exchange:

@@ -1,14 +1,15 @@
 """
 The gateway's L{Site}: requests that enforce the body limit while the body
-arrives, on the gateway's channel, with its access log.
+arrives, on the gateway's hardened channel, with its access log.
 """
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from inspect import signature
 from typing import Any, Callable, Optional, TextIO, Union
 
-from twisted.web.http import datetimeToLogString
+from twisted.web.http import RESPONSES, datetimeToLogString
 from twisted.web.server import Request, Site
 
 from hfendpoint._twisted_private import DIRECT, site_protocol
@@ -16,12 +17,35 @@ from hfendpoint.errors import OpenAIError
 from hfendpoint.web._accesslog import AccessLog, combined_line, is_stream
 from hfendpoint.web._channel import GatewayChannel
 from hfendpoint.web._coalescing import TurnFlusher
+from hfendpoint.web._hardened import (
+    DEFAULT_BODY_RATE_GRACE,
+    DEFAULT_MIN_BODY_RATE,
+    DEFAULT_REQUEST_HEAD_TIMEOUT,
+    HardenedChannel,
+)
 
 #: Whether this Twisted lets a site leave form bodies unparsed; older
 #: ones always parsed them.
 _FORM_SWITCH = "parsePOSTFormSubmission" in signature(Site.__init__).parameters
 
 DEFAULT_MAX_BODY_SIZE = 10 * 1024 * 1024
+
+#: What the C{Server} header says: the software, not its version, which
+#: would only help an attacker pick an exploit.
+SERVER = b"hfendpoint"
+
+
+def _reason(code: int) -> Optional[bytes]:
+    """
+    The reason phrase of C{code} when Twisted's table has none (it says
+    C{Unknown Status} for a 429), from the standard library's.
+    """
+    if code in RESPONSES:
+        return None
+    try:
+        return HTTPStatus(code).phrase.encode("ascii")
+    except ValueError:
+        return None
 
 
 class LimitedRequest(Request):
@@ -33,6 +57,17 @@ class LimitedRequest(Request):
 
     _rejected = False
     _received = 0
+
+    def setResponseCode(self, code: int, message: Optional[bytes] = None) -> None:
+        if message is None:
+            message = _reason(code)
+        super().setResponseCode(code, message)
+
+    def render(self, resrc: Any) -> None:
+        # Twisted's Request.process has just set Server to its own name
+        # and version.
+        self.setHeader(b"server", SERVER)
+        super().render(resrc)
 
     def gotLength(self, length: Optional[int]) -> None:
         limit = self.channel.site.max_body_size
@@ -92,13 +127,23 @@ class GatewaySite(Site):
     @param logFormatter: as for L{Site}; also formats the lines written to
         an C{access_log} stream (by default, L{combined_line}: the same
         lines as Twisted's C{combinedLogFormatter}).
+    @param request_head_timeout: seconds a client has, from the first byte
+        of a request, to send its whole head, whatever it sends meanwhile;
+        C{None} for no limit (L{HardenedChannel}).
+    @param min_body_rate: the slowest a body may arrive, in bytes a second
+        on average, once C{body_rate_grace} seconds have passed; C{0} for
+        no limit.
     """
 
     requestFactory = LimitedRequest
 
     def protocol(self) -> Any:
-        if self.flusher is None or not DIRECT:
-            return super().protocol()
+        if not DIRECT:
+            # Without Twisted's private wrapper, the channel itself: HTTP/1.1
+            # only, which is all a site without the h2 package speaks anyway.
+            return HardenedChannel()
+        if self.flusher is None:
+            return site_protocol(HardenedChannel())
         return site_protocol(GatewayChannel(self.flusher))
 
     def __init__(
@@ -108,12 +153,18 @@ class GatewaySite(Site):
         access_log: Union[bool, TextIO] = True,
         flusher: Optional[TurnFlusher] = None,
         logFormatter: Optional[Callable[[str, Any], str]] = None,
+        request_head_timeout: Optional[float] = DEFAULT_REQUEST_HEAD_TIMEOUT,
+        min_body_rate: int = DEFAULT_MIN_BODY_RATE,
+        body_rate_grace: float = DEFAULT_BODY_RATE_GRACE,
         **kwargs: Any,
     ) -> None:
         if _FORM_SWITCH:
             kwargs["parsePOSTFormSubmission"] = False
         super().__init__(resource, logFormatter=logFormatter, **kwargs)
         self.max_body_size = max_body_size
+        self.request_head_timeout = request_head_timeout
+        self.min_body_rate = min_body_rate
+        self.body_rate_grace = body_rate_grace
         self.access_log = access_log
         self.flusher = flusher
         self._line = logFormatter or combined_line

@@ -1,0 +1,161 @@
+"""
+What the gateway answers to odd requests Klein or Twisted answered badly,
+through the raw bytes of the whole gateway's site in memory: paths that
+are not UTF-8, empty path segments, methods a path does not have, and
+the status lines and headers of a few answers.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.testing import StringTransport
+from twisted.web.resource import Resource
+
+from hfendpoint.web import GatewaySite
+from tests.test_http_framing import CLIENT, SERVER, HTTPTestCase, parse_responses
+
+
+class PathTests(HTTPTestCase):
+    def get(self, path: bytes, method: bytes = b"GET", host: bytes = b"x", body: bytes = b""):
+        client = self.client()
+        client.send(b"%s %s HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n%s" % (method, path, host, len(body), body))
+        responses = client.responses()
+        self.assertEqual(len(responses), 1)
+        self.assertFalse(client.closed)
+        return responses[0]
+
+    def test_invalid_utf8_paths(self) -> None:
+        """
+        An OpenAI-shaped 400 naming what is wrong, and no traceback (Klein
+        answered in plain text and logged one for each).
+        """
+        for path in (b"/v1/models/%ff", b"/v1/images/%ff", b"/%ff", b"/v1/%c3%28/models", b"/v1/images/%ed%a0%80"):
+            for method in (b"GET", b"DELETE", b"POST"):
+                error = self.assertOpenAIError(self.get(path, method), 400, "invalid_url")
+                self.assertIn("UTF-8", error["message"])
+        self.assertEqual(self.logged, [])
+
+    def test_invalid_utf8_host(self) -> None:
+        self.assertOpenAIError(self.get(b"/v1/models", host=b"\xff"), 400, "invalid_host")
+        self.assertEqual(self.logged, [])
+
+    def test_utf8_path_is_still_served(self) -> None:
+        response = self.get("/v1/models/caf\u00e9".encode("utf-8").replace(b"\xc3\xa9", b"%C3%A9"))
+        error = self.assertOpenAIError(response, 404, "model_not_found")
+        self.assertIn("caf\u00e9", error["message"])
+
+    def test_empty_segment_is_not_found(self) -> None:
+        """
+        C{/v1//models} was a 308 without a C{Location}; it is a 404 like
+        any path the API does not have, for every method.
+        """
+        for path, method in (
+            (b"/v1//models", b"GET"),
+            (b"//v1/models", b"GET"),
+            (b"/v1/models//", b"GET"),
+            (b"/v1//embeddings", b"POST"),
+            (b"/v1/images//abc", b"DELETE"),
+        ):
+            response = self.get(path, method, body=b"{}" if method == b"POST" else b"")
+            error = self.assertOpenAIError(response, 404, "unknown_url")
+            self.assertEqual(error["message"], f"Invalid URL ({method.decode()} {path.decode()})")
+            self.assertNotIn(b"location", response[2])
+
+    def test_options_on_the_image_routes(self) -> None:
+        """
+        The image POST routes say POST is their one method (Klein matched
+        them against C{/v1/images/<image_id>} too, and listed GET and
+        DELETE); a GET there is a 405, not a search for an image.
+        """
+        for path in (b"/v1/images/generations", b"/v1/images/edits"):
+            for method in (b"OPTIONS", b"GET", b"DELETE"):
+                response = self.get(path, method)
+                self.assertOpenAIError(response, 405, "method_not_allowed")
+                self.assertEqual(response[2][b"allow"], [b"POST"])
+
+    def test_options_elsewhere_lists_the_paths_own_methods(self) -> None:
+        for path, allowed in (
+            (b"/v1/chat/completions", {b"POST"}),
+            (b"/v1/embeddings", {b"POST"}),
+            (b"/v1/models", {b"GET", b"HEAD"}),
+            (b"/v1/images/abc", {b"GET", b"HEAD", b"DELETE"}),
+        ):
+            response = self.get(path, b"OPTIONS")
+            self.assertOpenAIError(response, 405, "method_not_allowed")
+            self.assertEqual(set(response[2][b"allow"][0].split(b", ")), allowed)
+
+
+class HeaderTests(HTTPTestCase):
+    def test_server_says_hfendpoint_without_a_version(self) -> None:
+        client = self.client()
+        client.send(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+        client.send(b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n")
+        responses = client.responses()
+        self.assertEqual([response[0] for response in responses], [200, 404])
+        for response in responses:
+            self.assertEqual(response[2][b"server"], [b"hfendpoint"])
+
+    def test_worker_unavailable_says_when_to_retry(self) -> None:
+        """
+        A POST while the worker is down (it restarts after half a second)
+        is a 503 C{worker_unavailable} with C{Retry-After}.
+        """
+        self.memory.spawner.processes[-1].exit()
+        self.memory.flush()
+        del self.logged[:]  # the worker's exit
+        client = self.client()
+        body = b'{"input": "hello", "model": "m"}'
+        client.send(
+            b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        [response] = client.responses()
+        self.assertEqual(response[0], 503)
+        self.assertEqual(response[1], b"Service Unavailable")
+        self.assertEqual(response[2][b"retry-after"], [b"1"])
+        self.assertEqual(self.logged, [])
+
+
+class _Status(Resource):
+    isLeaf = True
+
+    def __init__(self, code: int) -> None:
+        super().__init__()
+        self.code = code
+
+    def render_GET(self, request) -> bytes:
+        request.setResponseCode(self.code)
+        return b""
+
+
+class ReasonPhraseTests(HTTPTestCase):
+    def answer(self, code: int) -> bytes:
+        site = GatewaySite(_Status(code), access_log=False)
+        protocol = site.buildProtocol(CLIENT)
+        transport = StringTransport(peerAddress=CLIENT, hostAddress=SERVER)
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        protocol.connectionLost(None)
+        [response] = parse_responses(transport.value())
+        return response[1]
+
+    def test_429(self) -> None:
+        """
+        Twisted's table has no 429 and said C{Unknown Status}.
+        """
+        self.assertEqual(self.answer(429), b"Too Many Requests")
+
+    def test_others_as_twisted_has_them(self) -> None:
+        self.assertEqual(self.answer(404), b"Not Found")
+        self.assertEqual(self.answer(431), b"Request Header Fields Too Large")
+        self.assertEqual(self.answer(599), b"Unknown Status")
+
+    def test_429_from_admission(self) -> None:
+        """
+        The gateway's own 429 (the queue is full) through its site.
+        """
+        self.memory.service.admission.max_in_flight = 0
+        self.memory.service.admission.max_waiting = 0
+        client = self.client()
+        client.send(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        [response] = client.responses()
+        self.assertEqual(response[:2], (429, b"Too Many Requests"))

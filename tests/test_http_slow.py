@@ -1,0 +1,173 @@
+"""
+Clients that drip a request to hold a connection: the whole head must
+arrive within C{request_head_timeout} seconds of its first byte, and the
+body at C{min_body_rate} bytes a second once C{body_rate_grace} seconds
+have passed; past either, a 408 and the connection closed. Time is the
+gateway's clock in memory.
+"""
+
+from __future__ import annotations
+
+from hfendpoint.service._cli import build_parser, listen_descriptions
+from hfendpoint.service._options import build_config
+from hfendpoint.service._tap import Options
+from tests.test_http_framing import HTTPTestCase
+
+HEAD = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"p" * 40 + b"\r\n\r\n"
+
+
+class SlowHeadTests(HTTPTestCase):
+    """
+    The default: 60 s for a head, whatever the client sends meanwhile;
+    the idle timeout (75 s) starts again on every byte and alone never
+    closed a client sending one byte every 4 s.
+    """
+
+    def drip(self, client, data: bytes, every: float) -> None:
+        for i in range(len(data)):
+            if client.closed:
+                return
+            client.send(data[i : i + 1])
+            self.memory.advance(every)
+
+    def test_head_dripped_is_cut_off_after_60_seconds(self) -> None:
+        client = self.client()
+        client.send(HEAD[:1])
+        self.memory.advance(59)
+        self.assertEqual(client.responses(), [])
+        self.assertFalse(client.closed)
+        client.send(HEAD[1:2])
+        self.memory.advance(1)
+        self.assertRefusedAndClosed(client, 408, b"Request Timeout", "request_timeout")
+
+    def test_one_byte_every_4_seconds(self) -> None:
+        client = self.client()
+        self.drip(client, HEAD, every=4.0)
+        self.assertRefusedAndClosed(client, 408, b"Request Timeout", "request_timeout")
+        self.assertLessEqual(self.memory.reactor.seconds(), 64.0)
+
+    def test_a_head_in_time_is_served_and_the_deadline_ends(self) -> None:
+        """
+        A head that arrives in time is served; the connection then waits
+        for the next request under the idle timeout only, and the next
+        head has its own 60 s.
+        """
+        client = self.client()
+        self.drip(client, HEAD, every=0.5)
+        self.assertEqual([response[0] for response in client.responses()], [200])
+        self.memory.advance(70)
+        self.assertFalse(client.closed)
+        client.send(b"\r\n")
+        self.memory.advance(4)
+        client.send(HEAD)
+        self.assertEqual([response[0] for response in client.responses()], [200, 200])
+        client.send(HEAD[:10])
+        self.memory.advance(60)
+        self.assertEqual(client.responses()[-1][0], 408)
+        self.assertTrue(client.closed)
+
+
+class NoHeadTimeoutTests(HTTPTestCase):
+    options = {"request_head_timeout": 0, "idle_timeout": 1000.0}
+
+    def test_zero_turns_it_off(self) -> None:
+        client = self.client()
+        for i in range(30):
+            client.send(HEAD[i : i + 1])
+            self.memory.advance(4)
+        self.assertEqual(client.responses(), [])
+        self.assertFalse(client.closed)
+
+
+class ShortHeadTimeoutTests(HTTPTestCase):
+    options = {"request_head_timeout": 5.0}
+
+    def test_the_option_reaches_the_channel(self) -> None:
+        client = self.client()
+        client.send(HEAD[:5])
+        self.memory.advance(4.5)
+        self.assertFalse(client.closed)
+        self.memory.advance(0.5)
+        self.assertRefusedAndClosed(client, 408, b"Request Timeout", "request_timeout")
+
+
+def post_head(length: int) -> bytes:
+    return (
+        b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % (length,)
+    )
+
+
+def padded_body(length: int) -> bytes:
+    """
+    A valid embeddings request of C{length} bytes.
+    """
+    body = b'{"input": "hello", "model": "m"'
+    return body + b" " * (length - len(body) - 1) + b"}"
+
+
+class SlowBodyTests(HTTPTestCase):
+    """
+    The default: 500 bytes a second after 20 s, as Apache's
+    mod_reqtimeout.
+    """
+
+    def test_slow_body_is_cut_off(self) -> None:
+        client = self.client()
+        body = padded_body(100_000)
+        client.send(post_head(len(body)))
+        sent = 0
+        while not client.closed and sent < len(body):
+            client.send(body[sent : sent + 1000])
+            sent += 1000
+            self.memory.advance(10)
+        self.assertRefusedAndClosed(client, 408, b"Request Timeout", "request_timeout")
+        # 20 s of grace, then 2 s for each 1,000 bytes: the third batch of
+        # 1,000 bytes was due before 26 s.
+        self.assertEqual(sent, 3000)
+
+    def test_body_at_the_rate_is_served(self) -> None:
+        client = self.client()
+        body = padded_body(30_000)
+        client.send(post_head(len(body)))
+        for start in range(0, len(body), 600):
+            client.send(body[start : start + 600])
+            self.memory.advance(1)
+        self.assertEqual([response[0] for response in client.responses()], [200])
+        self.assertFalse(client.closed)
+
+    def test_silent_body_is_cut_off_after_the_grace(self) -> None:
+        client = self.client()
+        client.send(post_head(100) + b"{")
+        self.memory.advance(19)
+        self.assertFalse(client.closed)
+        self.memory.advance(1)
+        self.assertRefusedAndClosed(client, 408, b"Request Timeout", "request_timeout")
+
+
+class NoBodyRateTests(HTTPTestCase):
+    options = {"min_body_rate": 0}
+
+    def test_zero_turns_it_off(self) -> None:
+        client = self.client()
+        client.send(post_head(100) + b"{")
+        self.memory.advance(60)
+        self.assertFalse(client.closed)
+
+
+class OptionTests(HTTPTestCase):
+    def test_both_parsers(self) -> None:
+        argv = ["--request-head-timeout", "5", "--min-body-rate", "0", "--body-rate-grace", "3", "--listen", "tcp:1"]
+        args = build_parser().parse_args(argv)
+        from_cli = build_config(vars(args), None, listen_descriptions(args), True)
+        options = Options()
+        options.parseOptions(argv)
+        self.assertEqual(from_cli, options["config"])
+        self.assertEqual((from_cli.request_head_timeout, from_cli.min_body_rate, from_cli.body_rate_grace), (5.0, 0, 3.0))
+
+    def test_defaults(self) -> None:
+        args = build_parser().parse_args([])
+        config = build_config(vars(args), None, listen_descriptions(args), True)
+        self.assertEqual((config.request_head_timeout, config.min_body_rate, config.body_rate_grace), (60.0, 500, 20.0))
+        site = self.memory.service.site
+        self.assertEqual((site.request_head_timeout, site.min_body_rate, site.body_rate_grace), (60.0, 500, 20.0))
