@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from typing import Any, Callable, Iterable, Optional
-from urllib.parse import unquote_to_bytes
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -690,113 +688,15 @@ def declared_fields(endpoint_path: str) -> list[str]:
     return names
 
 
-# Known defects (issue 14), each reproduced by a test marked todo in
-# test_fuzz_defects.py. The general fuzzers step around exactly these
-# inputs; when a defect is fixed, its todo test passes unexpectedly (a
-# failure): remove the todo there and its entry here in the same change.
-
-_PERCENT = re.compile(rb"%[0-9A-Fa-f]{2}")
-
-
-def invalid_utf8_path(path: bytes) -> bool:
-    """
-    Issue 14 defect 5: a path whose percent-escapes decode to bytes that
-    are not UTF-8 gets Klein's plain-text 400 and a logged traceback.
-    """
-    raw = path.split(b"?")[0]
-    try:
-        unquote_to_bytes(raw).decode("utf-8")
-    except UnicodeDecodeError:
-        return True
-    return False
-
-
-def empty_segment(path: bytes) -> bool:
-    """
-    Issue 14 defect 6: a path with an empty segment (C{/v1//models})
-    answers 308 without a C{Location}.
-    """
-    return b"//" in path.split(b"?")[0]
-
-
-def _parsed(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-
-
-def _server_error(result: Exchange) -> bool:
-    return any(response.status >= 500 for response in result.responses) or not result.responses
-
-
-def whole_float_token_limit(path: str, body: bytes, result: Exchange) -> Optional[str]:
-    """
-    Issue 14 defect 3: a chat C{max_tokens} or C{max_completion_tokens}
-    given as a whole float (C{2.0}, C{1e2}) passes validation as an
-    integer but is forwarded as a float, which the worker refuses: 500.
-    """
-    value = _parsed(body)
-    if path != "/v1/chat/completions" or not isinstance(value, dict) or not _server_error(result):
-        return None
-    for key in ("max_tokens", "max_completion_tokens"):
-        given = value.get(key)
-        if isinstance(given, float) and given.is_integer():
-            return "issue 14 defect 3: whole-float max_tokens forwarded as a float"
-    return None
-
-
-def _deeply(function: Callable[[], Any]) -> Any:
-    limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(max(limit, 10000))
-    try:
-        return function()
-    except (ValueError, RecursionError):
-        return None
-    finally:
-        sys.setrecursionlimit(limit)
-
-
-def too_deep(path: str, body: bytes, result: Exchange) -> Optional[str]:
-    """
-    Issue 14 defect 3: C{/v1/responses} C{metadata} nested 254 deep or
-    more (orjson's depth limit when the answer echoes it), and a chat
-    C{role} or a responses C{role} or C{type} nested about 1,000 deep
-    (Python's recursion limit while wording the error): 500 and a logged
-    traceback.
-    """
-    if not _server_error(result):
-        return None
-    tree = _deeply(lambda: json.loads(body))
-    if not isinstance(tree, dict):
-        return None
-    if path == "/v1/responses" and _deeply(lambda: depth(tree.get("metadata"))) >= 254:
-        return "issue 14 defect 3: responses metadata nested past orjson's limit"
-    items, keys = {
-        "/v1/chat/completions": (tree.get("messages"), ("role",)),
-        "/v1/responses": (tree.get("input"), ("role", "type")),
-    }.get(path, (None, ()))
-    for item in items if isinstance(items, list) else ():
-        for key in keys:
-            if isinstance(item, dict) and _deeply(lambda: depth(item.get(key))) >= 900:
-                return f"issue 14 defect 3: {key} nested 1,000 deep"
-    return None
-
-
-KNOWN_API_DEFECTS = (whole_float_token_limit, too_deep)
-
-
 def known_api_defect(path: str, body: bytes) -> Callable[[Exchange], Optional[str]]:
     """
-    The classifier the JSON fuzzers give L{send}: the name of the known
-    defect an exchange shows, if any.
+    The classifier the JSON fuzzers give L{send}: the name of a known,
+    open defect an exchange shows, if any (none is open now: every
+    defect of issue 14 the fuzzer met is fixed, and has its test in
+    C{test_fuzz_defects}).
     """
 
     def classify(result: Exchange) -> Optional[str]:
-        for known in KNOWN_API_DEFECTS:
-            name = known(path, body, result)
-            if name is not None:
-                return name
         return None
 
     return classify
@@ -804,21 +704,6 @@ def known_api_defect(path: str, body: bytes) -> Callable[[Exchange], Optional[st
 
 # Defects the fuzzer found that issue 14 does not list (yet): reported,
 # and stepped around like the known ones until they are filed and fixed.
-
-
-def invalid_utf8_host(raw: bytes) -> bool:
-    """
-    A C{Host} header that is not UTF-8 gets, on the routes Klein serves
-    (C{/health}, C{/v1/models}, ...), Klein's plain-text 400 "Non-UTF-8
-    encoding in URL." and a logged traceback ("Invalid encoding in
-    SERVER_NAME"), as an invalid UTF-8 path does (issue 14 defect 5).
-    """
-    for match in re.finditer(rb"\nhost:([^\r\n]*)", raw, re.IGNORECASE):
-        try:
-            match.group(1).decode("utf-8")
-        except UnicodeDecodeError:
-            return True
-    return False
 
 
 def asterisk_target(raw: bytes) -> bool:

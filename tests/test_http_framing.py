@@ -231,3 +231,17 @@ class LimitTests(HTTPTestCase):
         client = self.client()
         client.send(b"GET / HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n")
         self.assertRefusedAndClosed(client, 400, b"Bad Request", "invalid_request")
+
+    def test_refusing_a_head_request_sends_no_body(self) -> None:
+        """
+        A C{HEAD} request refused before any resource saw it gets the
+        status and headers only: a body would be read as the next response.
+        """
+        if not _twisted_private.DIRECT:
+            raise self.skipTest("Twisted answers its own bare 400 on the public path")
+        client = self.client()
+        client.send(b"HEAD /\x1f HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(client.closed)
+        head, _, rest = client.transport.value().partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 400 Bad Request"), head)
+        self.assertEqual(rest, b"")

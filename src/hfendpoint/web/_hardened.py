@@ -52,17 +52,17 @@ _PHRASES = {
 }
 
 
-def refusal(status: int, message: str, code: str) -> bytes:
+def refusal(status: int, message: str, code: str, head_only: bool = False) -> bytes:
     """
     The whole response, closing the connection, that refuses a request
-    before any resource saw it.
+    before any resource saw it; to a C{HEAD} request, without its body.
     """
     body = OpenAIError(status, message, "invalid_request_error", None, code).to_json()
     return (
         b"HTTP/1.1 %d %s\r\n"
         b"content-type: application/json\r\n"
         b"content-length: %d\r\n"
-        b"connection: close\r\n\r\n%s" % (status, _PHRASES[status], len(body), body)
+        b"connection: close\r\n\r\n%s" % (status, _PHRASES[status], len(body), b"" if head_only else body)
     )
 
 
@@ -81,6 +81,8 @@ class HardenedChannel(CHANNEL_BASE):  # type: ignore[misc]
     _waiting = True
     _head_call: Any = None
     _head_lines = 0
+    #: The method of the request being read, once its line came.
+    _method = b""
     _head_size = 0
     _headers = 0
     _te_seen = False
@@ -121,6 +123,8 @@ class HardenedChannel(CHANNEL_BASE):  # type: ignore[misc]
             return
         first = self._head_lines == 0
         if line:
+            if first:
+                self._method = line.split(b" ", 1)[0]
             self._head_lines += 1
         # The same count as Twisted's, checked first, so that it answers.
         self._head_size += len(line)
@@ -246,7 +250,7 @@ class HardenedChannel(CHANNEL_BASE):  # type: ignore[misc]
         self._cancel_head()
         self._cancel_body()
         if not self.transport.disconnecting:
-            self.write(refusal(status, message, code))
+            self.write(refusal(status, message, code, head_only=self._method == b"HEAD"))
         self.loseConnection()
 
     def connectionLost(self, reason: Optional[Any] = None) -> None:
