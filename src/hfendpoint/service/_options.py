@@ -113,6 +113,9 @@ OPTIONS = (
     Option("log-format", "log_format", log_format, "text, or json for one JSON object per line (time, level, event, request id, method, path, status, duration, client), the access log's too", "FORMAT"),
     Option("metrics-listen", "metrics_listen", str, "also serve /metrics, alone and without API keys, on this Twisted endpoint (tcp:9100:interface=10.0.0.5); repeatable", "DESCRIPTION", repeatable=True),
     Option("max-restarts", "max_restarts", non_negative_int, "give up and exit after N restarts of a failing worker in a row (default: restart forever, with a growing delay; 0: exit when the worker exits)"),
+    Option("ping-interval", "ping_interval", non_negative_float, "how often to check that a worker which supports it still answers (a liveness probe; 0: never)", "SECONDS", _seconds),
+    Option("ping-timeout", "ping_timeout", positive_float, "how long a worker has to answer the liveness probe before it is reported not ready and restarted", "SECONDS", _seconds),
+    Option("max-reply-memory", "max_reply_memory", parse_size, "worker replies held at once by requests in flight; the request whose reply goes over gets a 502", "SIZE", format_size),
 )
 
 @attrs.frozen
