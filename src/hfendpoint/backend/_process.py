@@ -120,13 +120,14 @@ class WorkerProcessProtocol(ProcessProtocol):
     lines; the event's C{stream} says which it was.
 
     @ivar how_it_ended: how the process ended, in words, once it has.
+    @param log: where the lines go (by default, the global log).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, log: Optional[Logger] = None) -> None:
         # An instance attribute: a Logger on the class would take the
         # class's name as its namespace, and the worker's lines have one of
         # their own, so that an operator can filter them.
-        self._log = Logger(namespace="hfendpoint.worker", source=self)
+        self._log = log if log is not None else Logger(namespace="hfendpoint.worker", source=self)
         self.how_it_ended: Optional[str] = None
         self._waiters: list[Deferred] = []
         self._out = LineLogger(self._log, "stdout")
