@@ -101,6 +101,25 @@ class ParserTests(SynchronousTestCase):
             with self.assertRaises(SystemExit):
                 build_parser().parse_args([f"--{name}", value])
 
+    def test_bad_listen_is_a_usage_error_of_both_parsers(self):
+        """
+        An endpoint description is parsed with the options: a bad one is a
+        usage error, not a traceback when the service starts listening.
+        """
+        from twisted.python.usage import UsageError
+
+        from hfendpoint.service._tap import Options
+
+        for option in ("--listen", "--metrics-listen"):
+            for description in ("bogus:1", "tcp:notaport", "ssl:443:privateKey=/nonexistent.pem"):
+                with self.assertRaises(UsageError) as caught:
+                    Options().parseOptions([option, description])
+                self.assertIn(f"invalid endpoint description {description!r}", str(caught.exception))
+                with self.assertRaises(SystemExit):
+                    build_parser().parse_args([option, description])
+        args = build_parser().parse_args(["--listen", "unix:/tmp/hfendpoint.sock", "--metrics-listen", "tcp:9100"])
+        self.assertEqual(args.listen, ["unix:/tmp/hfendpoint.sock"])
+
     def test_same_config_from_both(self):
         from hfendpoint.service._tap import Options
 
@@ -155,6 +174,12 @@ class CommandTests(TestCase):
         out, err, code = await hfendpoint("--max-body-size", "10X")
         self.assertEqual(code, 2)
         self.assertIn(b"invalid size '10X'", err)
+
+    async def test_bad_listen(self):
+        out, err, code = await hfendpoint("--listen", "tcp:http")
+        self.assertEqual(code, 2)
+        self.assertIn(b"invalid endpoint description 'tcp:http'", err)
+        self.assertNotIn(b"Traceback", err)
 
     async def test_missing_worker(self):
         out, err, code = await hfendpoint("/nonexistent/worker")

@@ -316,6 +316,7 @@ class DescribeTests(SynchronousTestCase):
                 ],
                 "model": "hfendpoint-demo",
                 "cancel": True,
+                "ping": True,
                 "features": [],
             },
         )

@@ -167,6 +167,7 @@ class ProcessTests(SynchronousTestCase):
                 "calls": ["multi", "refuse", "single"],
                 "model": None,
                 "cancel": True,
+                "ping": True,
                 "features": [],
             },
         )
@@ -202,6 +203,7 @@ class ProcessTests(SynchronousTestCase):
                     "calls": ["chat_completions", "tokenize"],
                     "model": "org/model",
                     "cancel": True,
+                    "ping": True,
                     "features": [],
                 }
             ],
@@ -230,7 +232,7 @@ class ProcessTests(SynchronousTestCase):
             worker.receive(),
             {
                 "id": 1,
-                "data": {"protocol": 2, "calls": ["tokenize"], "model": "loaded", "cancel": True, "features": []},
+                "data": {"protocol": 2, "calls": ["tokenize"], "model": "loaded", "cancel": True, "ping": True, "features": []},
             },
         )
         self.assertEqual(worker.data("tokenize", {"input": ["abc"]}), [{"tokens": [[3]]}])

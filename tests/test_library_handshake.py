@@ -44,6 +44,7 @@ class HandshakeTests(SynchronousTestCase):
                         "calls": ["echo", "embeddings", "tokenize"],
                         "model": "tiny",
                         "cancel": True,
+                        "ping": True,
                         "features": [],
                     },
                 },

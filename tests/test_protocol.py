@@ -58,15 +58,17 @@ class Recorder:
     def __init__(self):
         self.messages = []
         self.lasts = []
+        self.sizes = []
         self.lost = []
         self.protocol = None
 
     def connected(self, protocol):
         self.protocol = protocol
 
-    def message_received(self, message, last):
+    def message_received(self, message, last, size):
         self.messages.append(message)
         self.lasts.append(last)
+        self.sizes.append(size)
 
     def disconnected(self, protocol, reason):
         self.lost.append(reason)

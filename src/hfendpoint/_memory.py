@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from zope.interface import implementer
 
-from hfendpoint.wire import CANCEL, DESCRIBE, PROTOCOL_VERSION
+from hfendpoint.wire import CANCEL, DESCRIBE, PING, PROTOCOL_VERSION
 from hfendpoint.interfaces import IWorkerProcess, IWorkerSpawner
 
 WorkerHandler = Callable[[Any], Any]
@@ -117,6 +117,9 @@ class MemoryWorker(Protocol):
     @ivar received: every message received, in order.
     @ivar pending: calls left for the test to answer, by id.
     @ivar cancelled: the ids the gateway cancelled.
+    @ivar pings: the liveness probes answered. A worker whose event loop
+        is blocked answers none: set L{loading} to make it read nothing
+        more, as such a worker does.
     """
 
     def __init__(
@@ -135,6 +138,7 @@ class MemoryWorker(Protocol):
         self.received: list[dict] = []
         self.pending: dict[int, MemoryWorkerCall] = {}
         self.cancelled: list[int] = []
+        self.pings = 0
         self.float32 = False
         self._describe_id: Optional[int] = None
         self._unread: list[bytes] = []
@@ -158,6 +162,7 @@ class MemoryWorker(Protocol):
             "calls": sorted(self.handlers),
             "model": self.model,
             "cancel": True,
+            "ping": True,
             "features": self.features,
         }
 
@@ -203,6 +208,9 @@ class MemoryWorker(Protocol):
         ident, name, data = message.get("id"), message.get("name"), message.get("data")
         if name == DESCRIBE:
             self._describe(ident, data)
+        elif name == PING:
+            self.pings += 1
+            self.send({"id": ident, "data": {}})
         elif name == CANCEL:
             target = data.get("id") if isinstance(data, dict) else None
             self.cancelled.append(target)

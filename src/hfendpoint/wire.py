@@ -57,6 +57,10 @@ DESCRIBE = RESERVED_PREFIX + "describe"
 #: Stop serving a request, C{{"id": n}}; sent only to a worker whose
 #: handshake said it understands it.
 CANCEL = RESERVED_PREFIX + "cancel"
+#: The liveness probe: answered at once, with C{{}}, by the worker's event
+#: loop itself, so that a worker whose loop is blocked misses it. Sent only
+#: to a worker whose handshake said C{ping: true}.
+PING = RESERVED_PREFIX + "ping"
 
 #: What our gateway calls itself in the handshake.
 GATEWAY = "hfendpoint"
@@ -78,6 +82,8 @@ MODEL_KEY = "model"
 CANCEL_KEY = "cancel"
 #: Optional abilities, such as L{CHAT_N}.
 FEATURES_KEY = "features"
+#: C{True} if it answers L{PING}.
+PING_KEY = "ping"
 
 #: In the gateway's C{accepts}: embedding vectors may come as little-endian
 #: float32 bytes instead of lists of floats.

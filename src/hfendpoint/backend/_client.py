@@ -28,9 +28,10 @@ from hfendpoint.errors import (
     worker_unavailable,
 )
 from hfendpoint.interfaces import IWorkerClient
+from hfendpoint.backend._budget import ReplyBudget
 from hfendpoint.backend._protocol import IMessageReceiver, ProtocolViolation, WorkerProtocol
 from hfendpoint.web._coalescing import TurnFlusher
-from hfendpoint.wire import CANCEL
+from hfendpoint.wire import CANCEL, PING_KEY
 
 #: The call names of our protocol extensions (PROTOCOL.md, "Extending it").
 
@@ -69,6 +70,7 @@ class WorkerInfo:
     @ivar cancel: whether it understands cancel messages.
     @ivar features: optional abilities it announced, such as C{chat_n}
         (it produces C{n} chat choices itself, tagging chunks with C{index}).
+    @ivar ping: whether it answers the liveness probe, C{hfendpoint.ping}.
     """
 
     def __init__(
@@ -78,7 +80,9 @@ class WorkerInfo:
         cancel: bool = False,
         protocol: int = 1,
         features: frozenset[str] = frozenset(),
+        ping: bool = False,
     ) -> None:
+        self.ping = ping
         self.calls = calls
         self.model = model
         self.cancel = cancel
@@ -105,6 +109,7 @@ class WorkerInfo:
             features=frozenset(f for f in features if isinstance(f, str))
             if isinstance(features, (list, tuple))
             else frozenset(),
+            ping=reply.get(PING_KEY) is True,
         )
 
     def serves(self, name: str) -> bool:
@@ -113,7 +118,8 @@ class WorkerInfo:
 
 class _Pending:
     __slots__ = (
-        "ident", "on_reply", "deferred", "timer", "protocol", "deadline", "replies", "last_reply_at"
+        "ident", "on_reply", "deferred", "timer", "protocol", "deadline", "replies", "last_reply_at",
+        "held",
     )
 
     def __init__(
@@ -128,6 +134,7 @@ class _Pending:
         self.deadline: Optional[float] = None
         self.replies = 0
         self.last_reply_at = 0.0
+        self.held = 0
         self.ident = ident
         self.on_reply = on_reply
         self.deferred = deferred
@@ -158,6 +165,8 @@ class WorkerClient:
 
     @ivar flusher: the L{TurnFlusher} given, which the protocols of the
         worker sockets hold their writes on too.
+    @ivar budget: the L{ReplyBudget} bounding the bytes of replies held by
+        calls in flight (shared by the clients of a pool), or C{None}.
     """
 
     _log = Logger()
@@ -169,8 +178,10 @@ class WorkerClient:
         first_reply_timeout: Optional[float] = None,
         request_timeout: Optional[float] = None,
         flusher: Optional[TurnFlusher] = None,
+        budget: Optional[ReplyBudget] = None,
     ) -> None:
         self._reactor = reactor
+        self.budget = budget
         self._seconds = reactor.seconds
         self.flusher = flusher
         self.reply_timeout = reply_timeout
@@ -180,6 +191,9 @@ class WorkerClient:
         self._next_id = 1
         self._protocol: Optional[WorkerProtocol] = None
         self.info = WorkerInfo()
+        #: How the last worker broke the protocol, if it did: its
+        #: supervisor says so rather than only how the process ended.
+        self.last_violation: Optional[str] = None
         # Calls given up on (cancelled, timed out): replies already on their
         # way for them are expected, and dropped without a warning each.
         self._abandoned: OrderedDict[int, None] = OrderedDict()
@@ -189,11 +203,13 @@ class WorkerClient:
     def connected(self, protocol: WorkerProtocol) -> None:
         self._protocol = protocol
         self.info = WorkerInfo()
+        self.last_violation = None
 
     def disconnected(self, protocol: WorkerProtocol, reason: Failure) -> None:
         if self._protocol is protocol:
             self._protocol = None
         if reason.check(ProtocolViolation):
+            self.last_violation = str(reason.value)
             error = worker_gone(f"The worker broke the protocol: {reason.value}")
         else:
             error = worker_gone("The worker exited while handling this request.")
@@ -202,16 +218,16 @@ class WorkerClient:
             self._finish(call)
             self._fail(call, error)
 
-    def message_received(self, message: dict, last: bool) -> None:
+    def message_received(self, message: dict, last: bool, size: int = 0) -> None:
         flusher = self.flusher
         if flusher is None:
-            self._route(message, True)
+            self._route(message, True, size)
         elif last:
-            flusher.run_last(self._route, message, True)
+            flusher.run_last(self._route, message, True, size)
         else:
-            self._route(message, False)
+            self._route(message, False, size)
 
-    def _route(self, message: dict, last: bool) -> None:
+    def _route(self, message: dict, last: bool, size: int = 0) -> None:
         call = self._pending.get(message["id"])
         if call is None:
             if message["id"] in self._abandoned:
@@ -227,6 +243,12 @@ class WorkerClient:
             self._finish(call)
             self._fail(call, worker_failed(str(message["error"]), message.get("status")))
         elif "data" in message:
+            budget = self.budget
+            if budget is not None:
+                if not budget.take(size):
+                    self._abandon(call, budget.refusal(size))
+                    return
+                call.held += size
             self._deliver(call, message["data"], last)
         else:
             self._abandon(call, worker_gone("The worker sent a reply with neither data nor error."))
@@ -331,6 +353,9 @@ class WorkerClient:
             self._abandoned.popitem(last=False)
 
     def _finish(self, call: _Pending) -> None:
+        if call.held:
+            self.budget.give(call.held)  # type: ignore[union-attr]
+            call.held = 0
         self._pending.pop(call.ident, None)
         if call.timer.active():
             call.timer.cancel()

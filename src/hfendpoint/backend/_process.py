@@ -5,7 +5,8 @@ The launch follows the original gateway exactly (PROTOCOL.md, "Launch"),
 so a worker written for it sees the same world: C{HFENDPOINT_FD} naming
 an inherited UNIX stream socket with 1 MiB buffers, the whole environment,
 stdin from /dev/null, stdout shared with the gateway, stderr read by the
-gateway line by line, and a process group of its own (so a Ctrl-C in the
+gateway line by line (stdout too: unlike the original, it goes through
+the gateway's log rather than straight to its stdout), and a process group of its own (so a Ctrl-C in the
 gateway's terminal reaches the gateway alone, which then stops the worker
 in order, and so a stop reaches the worker's own children too).
 """
@@ -73,21 +74,64 @@ def resolve_worker(argv: Sequence[str]) -> list[str]:
     return [path, *argv[1:]]
 
 
+class LineLogger:
+    """
+    Logs what one of the worker's output streams says, line by line, in
+    pieces of at most L{MAX_STDERR_LINE} bytes: a line without an end (a
+    progress bar, a flood) costs that much memory and no more.
+    """
+
+    def __init__(self, log: Logger, stream: str) -> None:
+        self._log = log
+        self._stream = stream
+        self._partial = b""
+
+    def received(self, data: bytes) -> None:
+        lines = (self._partial + data).split(b"\n")
+        partial = lines.pop()
+        while len(partial) >= MAX_STDERR_LINE:
+            lines.append(partial[:MAX_STDERR_LINE])
+            partial = partial[MAX_STDERR_LINE:]
+        self._partial = partial
+        for line in lines:
+            while len(line) > MAX_STDERR_LINE:
+                self._line(line[:MAX_STDERR_LINE])
+                line = line[MAX_STDERR_LINE:]
+            self._line(line)
+
+    def ended(self) -> None:
+        if self._partial:
+            self._line(self._partial)
+            self._partial = b""
+
+    def _line(self, line: bytes) -> None:
+        text = line.rstrip(b"\r").decode("utf-8", "replace")
+        if text:
+            self._log.info("worker: {line}", line=text, stream=self._stream)
+
+
 class WorkerProcessProtocol(ProcessProtocol):
     """
-    Logs the worker's stderr line by line and reports its end.
+    Logs the worker's stdout and stderr line by line and reports its end.
+
+    Both streams go through the log, so that what a worker prints (with
+    C{print}, to stdout) lands where its errors do, prefixed, in the log's
+    format (JSON lines included), rather than bare among the gateway's
+    lines; the event's C{stream} says which it was.
 
     @ivar how_it_ended: how the process ended, in words, once it has.
+    @param log: where the lines go (by default, the global log).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, log: Optional[Logger] = None) -> None:
         # An instance attribute: a Logger on the class would take the
         # class's name as its namespace, and the worker's lines have one of
         # their own, so that an operator can filter them.
-        self._log = Logger(namespace="hfendpoint.worker", source=self)
+        self._log = log if log is not None else Logger(namespace="hfendpoint.worker", source=self)
         self.how_it_ended: Optional[str] = None
         self._waiters: list[Deferred] = []
-        self._partial = b""
+        self._out = LineLogger(self._log, "stdout")
+        self._err = LineLogger(self._log, "stderr")
 
     def when_ended(self) -> Deferred:
         """
@@ -100,24 +144,15 @@ class WorkerProcessProtocol(ProcessProtocol):
         self._waiters.append(d)
         return d
 
-    def errReceived(self, data: bytes) -> None:
-        lines = (self._partial + data).split(b"\n")
-        self._partial = lines.pop()
-        if len(self._partial) > MAX_STDERR_LINE:
-            lines.append(self._partial)
-            self._partial = b""
-        for line in lines:
-            self._log_line(line)
+    def outReceived(self, data: bytes) -> None:
+        self._out.received(data)
 
-    def _log_line(self, line: bytes) -> None:
-        text = line.rstrip(b"\r").decode("utf-8", "replace")
-        if text:
-            self._log.info("worker: {line}", line=text)
+    def errReceived(self, data: bytes) -> None:
+        self._err.received(data)
 
     def processEnded(self, reason: Failure) -> None:
-        if self._partial:
-            self._log_line(self._partial)
-            self._partial = b""
+        self._out.ended()
+        self._err.ended()
         self.how_it_ended = exit_description(reason)
         waiters, self._waiters = self._waiters, []
         for d in waiters:
@@ -245,7 +280,7 @@ class ProcessSpawner:
                     sys.executable,
                     [sys.executable, "-S", "-c", _TRAMPOLINE, *argv],
                     env=environment,
-                    childFDs={0: devnull, 1: 1, 2: "r", WORKER_FD: theirs.fileno()},
+                    childFDs={0: devnull, 1: "r", 2: "r", WORKER_FD: theirs.fileno()},
                 )
             finally:
                 os.close(devnull)
@@ -273,3 +308,33 @@ def spawn_worker(
     """
     factory = WorkerProtocolFactory(receiver, max_message_size, flusher)
     return ProcessSpawner(reactor).spawn(argv, env, factory)
+
+
+_stop_log = Logger(namespace="hfendpoint.backend._supervisor")
+
+
+def stop_worker(reactor: Any, worker: IWorkerProcess, stop_timeout: float) -> Deferred:
+    """
+    Stop C{worker} in order: close its socket (a worker reads EOF and
+    should exit by itself), give it C{stop_timeout} seconds, then TERM,
+    then after as long again KILL, as Twisted's C{ProcessMonitor} does.
+
+    @return: a Deferred firing once the worker is gone.
+    """
+    timers: list[Any] = []
+
+    def escalate(signal_name: str, next_step: Optional[str]) -> None:
+        _stop_log.warn("The worker has not exited; sending {signal}", signal=signal_name)
+        worker.signal(signal_name)
+        if next_step is not None:
+            timers.append(reactor.callLater(stop_timeout, escalate, next_step, None))
+
+    def cancel_timers(result: Any) -> None:
+        for timer in timers:
+            if timer.active():
+                timer.cancel()
+        return None
+
+    worker.close_socket()
+    timers.append(reactor.callLater(stop_timeout, escalate, "TERM", "KILL"))
+    return worker.when_ended().addBoth(cancel_timers)

@@ -27,6 +27,9 @@ FLUSH_EVERY = 256
 #: Messages held for the worker before they are sent without waiting for
 #: the end of the turn (see send).
 SEND_EVERY = 32
+#: Bytes of the worker's output quoted where it is not MessagePack: a
+#: worker that prints text to its socket shows that text there.
+QUOTE = 24
 
 
 class ProtocolViolation(Exception):
@@ -50,9 +53,12 @@ class IMessageReceiver(Interface):
         The socket is up and C{protocol.send} may be used.
         """
 
-    def message_received(message: dict, last: bool) -> None:
+    def message_received(message: dict, last: bool, size: int) -> None:
         """
         One whole, well-formed reply (a map with an integer C{id}).
+
+        @param size: the bytes it took on the wire, for a receiver that
+            bounds the memory its replies hold.
 
         @param last: whether it is the last whole reply of what has been
             read from the socket: nothing more is known to be coming in
@@ -95,6 +101,8 @@ class WorkerProtocol(Protocol):
         self._close_waiters: list[Deferred] = []
         self._writes: Optional[HeldWrites] = None
         self._fed = 0
+        self._dropped = 0
+        self._first_dropped: Any = None
 
     def connectionMade(self) -> None:
         # Read up to a megabyte at a time (Twisted reads 64 KiB): a busy
@@ -146,8 +154,11 @@ class WorkerProtocol(Protocol):
             self._fed += len(data)
             fed = self._fed
             count = 0
+            start = unpacker.tell()
             for message in unpacker:
-                self._dispatch(message, unpacker.tell() == fed)
+                end = unpacker.tell()
+                self._dispatch(message, end == fed, end - start)
+                start = end
                 if flusher is None:
                     continue
                 count += 1
@@ -158,23 +169,62 @@ class WorkerProtocol(Protocol):
                     count = 0
                     flusher.flush()
         except msgpack.BufferFull:
+            self._report_dropped()
             self._violate(
                 f"a message from the worker exceeds {self.max_message_size} bytes"
             )
         except (msgpack.UnpackException, ValueError) as e:
-            self._violate(f"the worker sent malformed MessagePack: {e}")
+            self._report_dropped()
+            self._violate(self._malformed(e, data))
+        else:
+            self._report_dropped()
 
-    def _dispatch(self, message: Any, last: bool) -> None:
+    def _report_dropped(self) -> None:
+        if not self._dropped:
+            return
+        self._log.warn(
+            "Dropping {count} message(s) from the worker that are not replies, "
+            "the first: {message!r:.200}",
+            count=self._dropped,
+            message=self._first_dropped,
+        )
+        self._dropped = 0
+        self._first_dropped = None
+
+    def _malformed(self, error: Exception, data: bytes) -> str:
+        """
+        Say what was wrong and where: msgpack's own messages are often
+        empty (a byte that begins no value raises a bare C{FormatError}).
+        """
+        offset = self._unpacker.tell()
+        index = offset - (self._fed - len(data))
+        quote = ""
+        if isinstance(error, UnicodeDecodeError):
+            what = f"the string ending there is not UTF-8 ({error.reason})"
+        elif isinstance(error, msgpack.StackError):
+            what = "values are nested deeper than MessagePack readers allow"
+        elif isinstance(error, msgpack.FormatError):
+            if 0 <= index < len(data):
+                what = f"byte 0x{data[index]:02x} begins no MessagePack value"
+                quote = f" (there: {data[index:index + QUOTE]!r})"
+            else:
+                what = "a byte that begins no MessagePack value"
+        else:
+            what = str(error) or type(error).__name__
+        return f"the worker sent malformed MessagePack at byte {offset} of its output: {what}{quote}"
+
+    def _dispatch(self, message: Any, last: bool, size: int) -> None:
         # MessagePack gives exact types: type() is enough, and leaves out
         # true and false, which are ints to isinstance.
         ident = message.get("id") if type(message) is dict else None
         if type(ident) is not int:
-            self._log.warn(
-                "Dropping a message from the worker that is not a reply: {message!r:.200}",
-                message=message,
-            )
+            # Said once per read: text printed to the socket by mistake is
+            # valid MessagePack, one small integer per ASCII byte.
+            if not self._dropped:
+                self._first_dropped = message
+            self._dropped += 1
             return
-        self._receiver.message_received(message, last)
+        self._receiver.message_received(message, last, size)
 
     def _violate(self, why: str) -> None:
         self._log.error("Worker protocol violation: {why}; closing the socket", why=why)

@@ -18,8 +18,10 @@ from twisted.python.failure import Failure
 
 from hfendpoint.errors import OpenAIError
 from hfendpoint.backend._client import WorkerClient, WorkerInfo
-from hfendpoint.backend._process import ProcessSpawner
+from hfendpoint.backend._liveness import DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, LivenessProbe
+from hfendpoint.backend._process import ProcessSpawner, stop_worker
 from hfendpoint.backend._protocol import DEFAULT_MAX_MESSAGE_SIZE, WorkerProtocolFactory
+from hfendpoint.backend._reserve import DescriptorReserve
 from hfendpoint.interfaces import IWorkerProcess, IWorkerSpawner
 from hfendpoint.wire import ACCEPTS_KEY, DESCRIBE, FLOAT32_VECTORS, GATEWAY, GATEWAY_KEY, PROTOCOL_KEY, PROTOCOL_VERSION
 
@@ -43,7 +45,8 @@ class WorkerService(Service):
     Keeps one worker process running behind a L{WorkerClient}.
 
     @ivar state: C{"stopped"}, C{"starting"} (spawned, not yet ready),
-        C{"ready"}, C{"restarting"} (waiting out the back-off), or
+        C{"ready"}, C{"unresponsive"} (it missed a liveness probe and is
+        being stopped), C{"restarting"} (waiting out the back-off), or
         C{"failed"} (gave up).
     @ivar restarts: how many times the worker was restarted.
     @ivar startup_grace: seconds after which a worker that has read the
@@ -56,12 +59,18 @@ class WorkerService(Service):
     @ivar max_restarts: how many restarts in a row (without a worker that
         stayed up for C{stable_after} seconds) before giving up; C{None}
         for no limit.
+    @ivar ping_interval: seconds between two liveness probes of a worker
+        that announced it answers them (0: no probe).
+    @ivar ping_timeout: seconds a worker has to answer one; a worker that
+        misses it is hung, reported as not ready, and restarted.
 
     @param spawner: the L{IWorkerSpawner} that starts each worker: a real
         process (L{ProcessSpawner}, the default) or, in tests, a worker in
         memory; the supervisor's logic is the same for both.
     @param flusher: the L{TurnFlusher} the worker's protocol coalesces its
         writes with, if any.
+    @param reserve: the L{DescriptorReserve} a spawn may draw on when the
+        process is out of file descriptors, if any.
     """
 
     _log = Logger()
@@ -82,6 +91,9 @@ class WorkerService(Service):
         max_restarts: Optional[int] = None,
         spawner: Optional[IWorkerSpawner] = None,
         flusher: Any = None,
+        ping_interval: float = DEFAULT_PING_INTERVAL,
+        ping_timeout: float = DEFAULT_PING_TIMEOUT,
+        reserve: Optional[DescriptorReserve] = None,
     ) -> None:
         self._reactor = reactor
         self.argv = list(argv)
@@ -93,6 +105,11 @@ class WorkerService(Service):
         self.max_restarts = max_restarts
         self._spawner = IWorkerSpawner(spawner) if spawner is not None else ProcessSpawner(reactor)
         self._flusher = flusher
+        self._reserve = reserve
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self._probe = LivenessProbe(reactor, client, ping_interval, ping_timeout, self._hung)
+        self._violation: Optional[str] = None
         self.state = "stopped"
         self.restarts = 0
         self._in_a_row = 0
@@ -151,6 +168,8 @@ class WorkerService(Service):
 
     def startService(self) -> None:
         super().startService()
+        if self._reserve is not None:
+            self._reserve.hold()
         self._spawn()
 
     def stopService(self) -> Deferred:
@@ -158,6 +177,7 @@ class WorkerService(Service):
         if self._pending_restart is not None and self._pending_restart.active():
             self._pending_restart.cancel()
         self._cancel_ready_timer()
+        self._probe.stop()
         worker, self._worker = self._worker, None
         self.state = "stopped"
         if worker is None:
@@ -169,14 +189,27 @@ class WorkerService(Service):
     def _spawn(self) -> None:
         self.state = "starting"
         self._started_at = self._reactor.seconds()
+        self._violation = None
         factory = WorkerProtocolFactory(
             self.client, self._max_message_size or DEFAULT_MAX_MESSAGE_SIZE, self._flusher
         )
         try:
-            worker = IWorkerProcess(self._spawner.spawn(self.argv, self._env, factory))
+            if self._reserve is None:
+                spawned = self._spawner.spawn(self.argv, self._env, factory)
+            else:
+                spawned = self._reserve.run("start the worker", self._spawner.spawn, self.argv, self._env, factory)
+            worker = IWorkerProcess(spawned)
         except Exception as e:
-            self._log.failure("Could not start the worker {argv}", argv=self.argv)
-            self._give_up(f"could not start the worker: {e}")
+            if not self._has_been_ready:
+                self._log.failure("Could not start the worker {argv}", argv=self.argv)
+                self._give_up(f"could not start the worker: {e}")
+                return
+            # The worker ran before, so the command is right: what failed
+            # is the moment (no descriptors, no memory, a full process
+            # table). Try again later, as after a crash.
+            self._log.error("Could not restart the worker: {error}", error=e)
+            self.last_exit = f"could not be started ({e})"
+            self._schedule_restart()
             return
         self._worker = worker
         self._log.info("Started worker {argv} (pid {pid})", argv=self.argv, pid=worker.pid)
@@ -208,6 +241,8 @@ class WorkerService(Service):
         if worker is not self._worker:
             return
         self.client.info = info
+        if info.ping and self.ping_interval > 0:
+            self._probe.start()
         if info.calls is not None:
             self._log.info(
                 "Worker serves {calls}{model}",
@@ -260,16 +295,43 @@ class WorkerService(Service):
         A worker whose socket is gone (it broke the protocol, or closed it)
         can serve nothing more: stop it so that it can be restarted.
         """
-        if worker is self._worker:
+        if worker is not self._worker or self.state == "unresponsive":
+            return
+        self._probe.stop()
+        self._violation = self.client.last_violation
+        if self._violation is not None:
+            self._log.warn("The worker broke the protocol; stopping the worker")
+        else:
             self._log.warn("The worker's socket closed; stopping the worker")
+        if self.state != "starting":
             self.state = "restarting"
-            self._stop_worker(worker)
+        self._stop_worker(worker)
+
+    def _hung(self, why: str) -> None:
+        """
+        The worker missed a liveness probe: it keeps its socket and its
+        process but serves nothing. Report it as not ready at once, then
+        stop it (what is in flight fails now rather than at its timeout)
+        and restart it as after a crash.
+        """
+        worker = self._worker
+        if worker is None or self.state != "ready":
+            return
+        self._log.warn("The worker is hung ({why}); restarting it", why=why)
+        self.state = "unresponsive"
+        self._violation = f"stopped answering ({why})"
+        self._stop_worker(worker)
 
     def _worker_ended(self, worker: IWorkerProcess, how: str) -> None:
         if worker is not self._worker:
             return
         self._worker = None
         self._cancel_ready_timer()
+        self._probe.stop()
+        if self._violation is not None:
+            # What ended it matters more than its exit status, which is 0
+            # when it read the EOF the gateway gave it.
+            how = f"{self._violation.removeprefix('the worker ')} and then {how}"
         self.last_exit = how
         if not self._has_been_ready:
             self._give_up(f"the worker {how} during start-up")
@@ -319,27 +381,4 @@ class WorkerService(Service):
     # Stopping
 
     def _stop_worker(self, worker: IWorkerProcess) -> Deferred:
-        """
-        Close the socket, give the worker time to exit, then TERM, then KILL.
-        """
-        timers: list[Any] = []
-
-        def escalate(signal_name: str, next_step: Optional[str]) -> None:
-            self._log.warn(
-                "The worker has not exited; sending {signal}", signal=signal_name
-            )
-            worker.signal(signal_name)
-            if next_step is not None:
-                timers.append(
-                    self._reactor.callLater(self.stop_timeout, escalate, next_step, None)
-                )
-
-        def cancel_timers(result: Any) -> None:
-            for timer in timers:
-                if timer.active():
-                    timer.cancel()
-            return None
-
-        worker.close_socket()
-        timers.append(self._reactor.callLater(self.stop_timeout, escalate, "TERM", "KILL"))
-        return worker.when_ended().addBoth(cancel_timers)
+        return stop_worker(self._reactor, worker, self.stop_timeout)

@@ -28,6 +28,8 @@ from hfendpoint.wire import (
     FEATURES_KEY,
     FLOAT32_VECTORS,
     MODEL_KEY,
+    PING,
+    PING_KEY,
     PROTOCOL_KEY,
     PROTOCOL_VERSION,
     is_client_status,
@@ -119,6 +121,7 @@ class Connection:
         #: reply comes this way.
         self.send = self.replies.send
         self._unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+        self._pongs: set[asyncio.Task[None]] = set()
 
     @property
     def closed(self) -> bool:
@@ -169,11 +172,31 @@ class Connection:
         if name == CANCEL:
             self.cancel(data)
             return
+        if name == PING:
+            self.pong(request_id)
+            return
         request = Request(self, request_id, name)
         self.requests[request_id] = request
         request.task = asyncio.get_running_loop().create_task(
             self.serve_request(request, self.find(name), data)
         )
+
+    def pong(self, request_id: int) -> None:
+        """
+        Answer the gateway's liveness probe from the event loop itself,
+        not from a handler's thread: the answer then says that the loop
+        runs, and a handler that blocks it (a long computation in an
+        C{async def}) makes the worker miss the probe, and be restarted,
+        rather than hang every request silently.
+        """
+        task = asyncio.get_running_loop().create_task(self._pong(request_id))
+        # The loop keeps only a weak reference to its tasks.
+        self._pongs.add(task)
+        task.add_done_callback(self._pongs.discard)
+
+    async def _pong(self, request_id: int) -> None:
+        with contextlib.suppress(Cancelled):
+            await self.send({"id": request_id, "data": {}})
 
     def find(self, name: str) -> Call:
         """
@@ -237,6 +260,7 @@ class Connection:
                 CALLS_KEY: sorted(self.calls),
                 MODEL_KEY: self.model,
                 CANCEL_KEY: True,
+                PING_KEY: True,
                 FEATURES_KEY: self.features,
             }
         )

@@ -34,6 +34,28 @@ def _argparse_type(parse):
     return convert
 
 
+def endpoint_description(text: str) -> str:
+    """
+    Check a Twisted server endpoint description (C{--listen},
+    C{--metrics-listen}) when the options are read, so that a typo is a
+    usage error rather than a traceback once the service starts.
+
+    The description is parsed as the service will parse it, against a
+    reactor in memory: nothing listens, but an unknown type, a bad port
+    or a missing TLS key file are found.
+
+    @raise ValueError: with a sentence saying what is wrong.
+    """
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    try:
+        serverFromString(MemoryReactor(), text)
+    except Exception as e:
+        raise ValueError(f"invalid endpoint description {text!r}: {e or type(e).__name__}") from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hfendpoint",
@@ -44,13 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", help="address to listen on (default: 0.0.0.0)")
     parser.add_argument("--port", type=int, help="port to listen on (default: 3000)")
     parser.add_argument(
-        "--listen", action="append", default=[], metavar="DESCRIPTION", help=LISTEN_HELP + "; with --host/--port, both"
+        "--listen",
+        action="append",
+        default=[],
+        type=_argparse_type(endpoint_description),
+        metavar="DESCRIPTION",
+        help=LISTEN_HELP + "; with --host/--port, both",
     )
     for option in OPTIONS:
+        parse = endpoint_description if option.field == "metrics_listen" else option.parse
         parser.add_argument(
             "--" + option.name,
             dest=option.field,
-            type=_argparse_type(option.parse),
+            type=_argparse_type(parse),
             default=list(option.default) if option.repeatable else option.default,
             action="append" if option.repeatable else "store",
             metavar=option.metavar,

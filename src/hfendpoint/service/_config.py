@@ -16,6 +16,7 @@ DEFAULT_LISTEN = ("tcp:3000",)
 DEFAULT_MAX_BODY_SIZE = 10 * 1024 * 1024
 DEFAULT_IMAGE_CAPACITY = 1024**3
 DEFAULT_MAX_WORKER_MESSAGE_SIZE = 256 * 1024 * 1024
+DEFAULT_MAX_REPLY_MEMORY = 1024 * 1024 * 1024
 
 
 def _tuple(value: Optional[Sequence[str]]) -> Optional[tuple[str, ...]]:
@@ -46,6 +47,13 @@ class GatewayConfig:
         without API keys, for a scraper on a private network.
     @ivar log_format: C{text}, or C{json} for the access log's lines as
         JSON objects (the command's own log follows it too).
+    @ivar ping_interval: seconds between two liveness probes of a worker
+        that answers them (C{hfendpoint.ping}); 0 for none.
+    @ivar ping_timeout: seconds a worker has to answer one before it is
+        taken as hung, reported on C{/ready} and restarted.
+    @ivar max_reply_memory: the most bytes of worker replies held at once
+        by requests in flight; the request whose reply goes over fails
+        with a 502.
     @ivar access_log: C{True} for Twisted's access log through the global
         log, C{False} for none, or a text stream to write Combined Log
         Format lines to directly.
@@ -87,6 +95,9 @@ class GatewayConfig:
     request_head_timeout: float = 60.0
     min_body_rate: int = 500
     body_rate_grace: float = 20.0
+    ping_interval: float = 10.0
+    ping_timeout: float = 15.0
+    max_reply_memory: int = DEFAULT_MAX_REPLY_MEMORY
 
     def replace(self, **changes: Any) -> "GatewayConfig":
         """

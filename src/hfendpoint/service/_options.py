@@ -125,6 +125,9 @@ OPTIONS = (
     Option("request-head-timeout", "request_head_timeout", non_negative_float, "longest time a client may take to send a request's line and headers, from its first byte, before a 408 (0: no limit)", "SECONDS", _seconds),
     Option("min-body-rate", "min_body_rate", non_negative_int, "slowest average rate, in bytes a second, of a request body once --body-rate-grace has passed, before a 408 (0: no limit)", "BYTES"),
     Option("body-rate-grace", "body_rate_grace", non_negative_float, "seconds a request body may take before --min-body-rate applies", "SECONDS", _seconds),
+    Option("ping-interval", "ping_interval", non_negative_float, "how often to check that a worker which supports it still answers (a liveness probe; 0: never)", "SECONDS", _seconds),
+    Option("ping-timeout", "ping_timeout", positive_float, "how long a worker has to answer the liveness probe before it is reported not ready and restarted", "SECONDS", _seconds),
+    Option("max-reply-memory", "max_reply_memory", parse_size, "worker replies held at once by requests in flight; the request whose reply goes over gets a 502", "SIZE", format_size),
 )
 
 @attrs.frozen

@@ -16,10 +16,12 @@ from twisted.web.server import Site
 from hfendpoint.web._admission import AdmissionResource
 from hfendpoint.api._app import GatewayApp
 from hfendpoint.backend._batching import EmbeddingBatcher
+from hfendpoint.backend._budget import ReplyBudget
 from hfendpoint.backend._client import WorkerClient
 from hfendpoint.api._imagestore import MemoryImageStore
 from hfendpoint.backend._pool import WorkerPool
 from hfendpoint.backend._process import demo_worker_command
+from hfendpoint.backend._reserve import DescriptorReserve
 from hfendpoint.backend._supervisor import WorkerService
 from hfendpoint.service._config import GatewayConfig
 from hfendpoint.service._logging import access_formatter
@@ -58,6 +60,12 @@ class GatewayService(MultiService):
         the worker clients and sockets hold their writes of a turn on.
     @ivar ports: the listening ports once started (for tests that listen
         on port 0).
+    @ivar descriptors: the L{DescriptorReserve} that worker spawns draw on
+        when the process is out of file descriptors (and that an accept
+        loop may draw on to refuse a client), or C{None} when workers are
+        not real processes.
+    @ivar reply_budget: the L{ReplyBudget} bounding the memory that the
+        workers' replies hold, shared by every worker.
     @ivar stop_reactor_on_failure: whether to stop the reactor when the
         gateway cannot serve (a port it cannot listen on, a worker that
         fails at start-up or too often), as a program of its own should;
@@ -74,6 +82,8 @@ class GatewayService(MultiService):
         # The one end of turn that the site, the event streams and the
         # worker clients and sockets hold their writes on.
         self.flusher = TurnFlusher(reactor)
+        self.descriptors = DescriptorReserve() if spawner is None else None
+        self.reply_budget = ReplyBudget(config.max_reply_memory)
         members = self._start_workers(reactor, config, spawner)
         workers = config.workers
         self.workers = [service for service, _ in members]
@@ -163,6 +173,7 @@ class GatewayService(MultiService):
                 first_reply_timeout=config.first_reply_timeout,
                 request_timeout=config.request_timeout,
                 flusher=self.flusher,
+                budget=self.reply_budget,
             )
             env = dict(config.worker_env)
             env[WORKER_INDEX_ENV] = str(index)
@@ -178,6 +189,9 @@ class GatewayService(MultiService):
                 max_restarts=config.max_restarts,
                 spawner=spawner,
                 flusher=self.flusher,
+                ping_interval=config.ping_interval,
+                ping_timeout=config.ping_timeout,
+                reserve=self.descriptors,
             )
             service.setServiceParent(self)
             members.append((service, client))
@@ -216,16 +230,28 @@ class GatewayService(MultiService):
         """
         Service.stopService(self)
         self.admission.close()
+        # Closing its last port stops the site's factory, and a stopped
+        # factory drops its access log (Twisted's log file, or our stream):
+        # the requests finishing during the drain would lose their lines.
+        # Holding it started until the drain is over keeps them.
+        self.site.doStart()
         listening = gatherResults(
             [listener.stopService() for listener in self._listeners if listener.running],
             consumeErrors=True,
         )
         listening.addErrback(lambda f: self._log.failure("Stopping a listener failed", f))
         listening.addCallback(lambda _: self._drain())
+        listening.addCallback(lambda _: self.site.doStop())
         listening.addCallback(
             lambda _: gatherResults([w.stopService() for w in self.workers], consumeErrors=True)
         )
+        if self.descriptors is not None:
+            listening.addBoth(self._close_reserve)
         return listening
+
+    def _close_reserve(self, result: Any) -> Any:
+        self.descriptors.close()  # type: ignore[union-attr]
+        return result
 
     def _drain(self) -> Deferred:
         if self.admission.in_flight or self.admission.waiting:

@@ -23,6 +23,15 @@ def _coerce(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return coerce
 
 
+def _endpoint(description: str) -> str:
+    from hfendpoint.service._cli import endpoint_description
+
+    try:
+        return endpoint_description(description)
+    except ValueError as e:
+        raise usage.UsageError(str(e))
+
+
 def _option(name: str) -> Any:
     return next(option for option in OPTIONS if option.name == name)
 
@@ -56,12 +65,12 @@ class Options(usage.Options):
                 self[option.name] = list(option.default)
 
     def opt_listen(self, description: str) -> None:
-        self["listen"].append(description)
+        self["listen"].append(_endpoint(description))
 
     opt_listen.__doc__ = LISTEN_HELP
 
     def opt_metrics_listen(self, description: str) -> None:
-        self["metrics-listen"].append(description)
+        self["metrics-listen"].append(_endpoint(description))
 
     opt_metrics_listen.__doc__ = _option("metrics-listen").describe()
 
