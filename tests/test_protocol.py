@@ -2,6 +2,7 @@
 Framing of the worker socket, fed in every split.
 """
 
+import json
 import socket
 
 import msgpack
@@ -16,6 +17,7 @@ from zope.interface.verify import verifyObject
 
 from hfendpoint.web import _channel as channel
 from hfendpoint.backend._protocol import (
+    pack,
     FLUSH_EVERY,
     IMessageReceiver,
     ProtocolViolation,
@@ -311,3 +313,62 @@ class HeldWritesTests(TestCase):
                 break
             received += data
         self.assertEqual(msgpack.unpackb(received), {"id": 1, "name": "embeddings", "data": {}})
+
+
+class DepthTests(SynchronousTestCase):
+    """
+    A message nested too deep for the worker's decoder is refused by the
+    gateway, never sent: one that deep used to break the worker's decoding
+    of its whole socket.
+    """
+
+    def message(self, levels):
+        value = []
+        for _ in range(levels):
+            value = [value]
+        return {"id": 1, "name": "chat_completions", "data": {"extra": value}}
+
+    def test_every_packed_message_decodes(self):
+        refused = 0
+        for levels in range(1000, 1030):
+            try:
+                data = pack(self.message(levels))
+            except ValueError:
+                refused += 1
+                continue
+            unpacker = msgpack.Unpacker(raw=False)
+            unpacker.feed(data)
+            self.assertEqual(next(unpacker)["id"], 1)
+        self.assertGreater(refused, 0)
+
+    def test_same_bytes_as_packb(self):
+        message = {"id": 7, "name": "embeddings", "data": {"input": [[1, 2, 3]], "b": b"\x00" * 300}}
+        self.assertEqual(pack(message), msgpack.packb(message, use_bin_type=True))
+
+
+class DeepRequestTests(TestCase):
+    """
+    Through the gateway: a request whose passed-through field is that deep
+    is a 400, and the worker goes on serving.
+    """
+
+    async def test_refused_and_the_worker_serves_on(self):
+        from .gateway import start_memory_gateway
+
+        memory = start_memory_gateway(self)
+        body = (
+            b'{"messages":[{"role":"user","content":"x"}],"zzz":'
+            + b"[" * 1023 + b"]" * 1023 + b"}"
+        )
+        response = await memory.http.post(
+            memory.url + "/v1/chat/completions", data=body, headers={b"content-type": [b"application/json"]}
+        )
+        answer = json.loads(await response.content())
+        self.assertEqual(response.code, 400, answer)
+        error = answer["error"]
+        self.assertIn("cannot be sent to the worker", error["message"])
+        response = await memory.http.post(
+            memory.url + "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "x"}]},
+        )
+        self.assertEqual(response.code, 200, await response.content())

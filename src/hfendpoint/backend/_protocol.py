@@ -32,6 +32,22 @@ SEND_EVERY = 32
 QUOTE = 24
 
 
+def pack(message: dict) -> bytes:
+    """
+    C{message} in MessagePack, or C{ValueError} when it is nested too deep
+    for the other end to decode.
+
+    MessagePack's decoders (msgpack's, which our worker library uses, as
+    the original's did) stop at 1,024 levels, one level before its encoder
+    does: a request nested exactly that deep (a client's JSON passed
+    through to the worker) would be encoded here and break the worker's
+    decoding of its whole socket. Encoded as the one item of an array,
+    whose one-byte head is then dropped, a message is refused exactly
+    when it is too deep to decode.
+    """
+    return msgpack.packb([message], use_bin_type=True)[1:]
+
+
 class ProtocolViolation(Exception):
     """
     The worker sent something that is not a valid reply.
@@ -122,8 +138,10 @@ class WorkerProtocol(Protocol):
 
         @param alone: no other call is in flight: the message leaves at
             once, as nothing else would join it.
+        @raise ValueError: for a message nested too deep for the worker's
+            decoder (the request is refused, the worker never sees it).
         """
-        data = msgpack.packb(message, use_bin_type=True)
+        data = pack(message)
         writes = self._writes
         if writes is None:
             self.transport.write(data)
