@@ -232,11 +232,61 @@ class RequestIdTests(TestCase):
             seen.add(ident)
         self.assertEqual(len(seen), 4)
 
+    async def test_in_the_access_log(self):
+        """
+        The text access log's line ends with the request's id, after the
+        Combined Log Format's fields.
+        """
+        import io
+
+        from twisted.internet import reactor
+        from twisted.internet.task import deferLater
+
+        log = io.StringIO()
+        url, _ = await start_gateway(self, access_log=log)
+        http = http_client(self)
+        response = await http.get(url + "/health", headers={"X-Request-Id": ["abc-9"]})
+        await response.content()
+        for _ in range(100):
+            if log.getvalue():
+                break
+            await deferLater(reactor, 0, lambda: None)
+        [line] = log.getvalue().splitlines()
+        self.assertRegex(line, r'^"127\.0\.0\.1" - - \[.*\] "GET /health HTTP/1\.1" 200 (\d+|-) "-" "[^"]*" "abc-9"$')
+
     async def test_on_errors_too(self):
         response = await self.http.get(self.url + "/v1/models", headers={"X-Request-Id": ["r1"]})
         await response.content()
         self.assertEqual(response.code, 401)
         self.assertEqual(response.headers.getRawHeaders(b"x-request-id"), [b"r1"])
+
+
+ECHO_ID_WORKER = """
+import asyncio
+import hfendpoint
+
+
+@hfendpoint.handler("chat_completions")
+async def chat(data):
+    return {"content": "id " + str(hfendpoint.request_id()), "finish_reason": "stop"}
+
+
+asyncio.run(hfendpoint.run())
+"""
+
+
+class RequestIdToWorkerTests(TestCase):
+    async def test_the_worker_knows_the_request_id(self):
+        from .gateway import write_worker
+
+        url, _ = await start_gateway(self, write_worker(self, ECHO_ID_WORKER))
+        http = http_client(self)
+        for given, expected in ((["req-51"], "id req-51"), (None, None)):
+            headers = {**JSON, "X-Request-Id": given} if given else JSON
+            response = await http.post(url + "/v1/chat/completions", json.dumps(CHAT).encode(), headers=headers)
+            body = json.loads(await response.content())
+            [ident] = response.headers.getRawHeaders(b"x-request-id")
+            self.assertEqual(body["choices"][0]["message"]["content"], expected or "id " + ident.decode())
 
 
 class Request:

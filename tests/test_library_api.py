@@ -30,7 +30,7 @@ class PublicAPITests(SynchronousTestCase):
     def test_exports(self) -> None:
         self.assertEqual(
             set(hfendpoint.__all__),
-            {"Cancelled", "InvalidRequest", "WorkerError", "__version__", "handler", "run"},
+            {"Cancelled", "InvalidRequest", "WorkerError", "__version__", "handler", "request_id", "run"},
         )
         for name in hfendpoint.__all__:
             self.assertTrue(hasattr(hfendpoint, name), name)
@@ -52,13 +52,14 @@ class PublicAPITests(SynchronousTestCase):
                 "handler",
                 "legacy_calls",
                 "modern_calls",
+                "request_id",
                 "run",
                 "serve",
             },
         )
         for name in hfendpoint.library.__all__:
             self.assertTrue(hasattr(hfendpoint.library, name), name)
-        for name in ("Cancelled", "InvalidRequest", "WorkerError", "handler", "run"):
+        for name in ("Cancelled", "InvalidRequest", "WorkerError", "handler", "request_id", "run"):
             self.assertIs(getattr(hfendpoint, name), getattr(hfendpoint.library, name))
 
     def test_no_twisted(self) -> None:

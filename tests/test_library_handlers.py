@@ -33,6 +33,33 @@ class ModernHandlerTests(SynchronousTestCase):
 
         return serve_scenario(modern_calls({"call": function}), scenario)
 
+    def test_request_id(self) -> None:
+        """
+        The HTTP request's id the gateway sends beside the call is what
+        C{hfendpoint.request_id()} gives its handler, and is in the log
+        line of its failure; without one, it is C{None}.
+        """
+
+        async def which(data: Any) -> Any:
+            if data.get("fail"):
+                raise hfendpoint.WorkerError("refused")
+            return {"request_id": hfendpoint.request_id()}
+
+        async def scenario(peer: Peer) -> list[Any]:
+            await peer.send_message({"id": 1, "name": "call", "data": {}, "request_id": "req-7"})
+            first = await peer.receive()
+            await peer.send(2, "call", {})
+            second = await peer.receive()
+            await peer.send_message({"id": 3, "name": "call", "data": {"fail": True}, "request_id": "req-8"})
+            return [first, second, await peer.receive()]
+
+        replies = serve_scenario(modern_calls({"call": which}), scenario)
+        self.assertEqual(replies[0], {"id": 1, "data": {"request_id": "req-7"}})
+        self.assertEqual(replies[1], {"id": 2, "data": {"request_id": None}})
+        self.assertEqual(replies[2], {"id": 3, "error": "refused"})
+        self.assertIn("request req-8", self.logs.records[-1].getMessage())
+        self.assertIsNone(hfendpoint.request_id())
+
     def test_sync_function(self) -> None:
         """
         A plain function runs off the event loop's thread and its result is

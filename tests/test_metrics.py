@@ -79,6 +79,20 @@ class MetricsTests(TestCase):
         self.assertEqual(found[("hfendpoint_worker_restarts_total", (("worker", "0"),))], 0)
         self.assertEqual(found[("hfendpoint_worker_calls_in_flight", (("worker", "0"),))], 0)
         self.assertEqual(found[("hfendpoint_image_store_images", ())], 1)
+        # Tokens from each answer's usage: two whole chats, the stream's
+        # last chunk, the embeddings' input.
+        chat_usage = json.loads((await self.post("/v1/chat/completions", CHAT))[1])["usage"]
+        found = await self.scrape()
+        self.assertEqual(
+            found[("hfendpoint_prompt_tokens_total", (("endpoint", chat),))], 4 * chat_usage["prompt_tokens"]
+        )
+        self.assertEqual(
+            found[("hfendpoint_completion_tokens_total", (("endpoint", chat),))], 4 * chat_usage["completion_tokens"]
+        )
+        self.assertGreater(found[("hfendpoint_prompt_tokens_total", (("endpoint", "/v1/embeddings"),))], 0)
+        # The one embeddings call of two inputs.
+        self.assertEqual(found[("hfendpoint_embedding_batch_inputs_count", ())], 1)
+        self.assertEqual(found[("hfendpoint_embedding_batch_inputs_sum", ())], 2)
         self.assertEqual(found[("hfendpoint_image_store_bytes", ())], self.gateway.store.size)
         self.assertGreater(self.gateway.store.size, 0)
 

@@ -28,8 +28,8 @@ msgpack, never Twisted, so a worker does not carry the gateway around. The
 gateway itself lives in submodules that are imported on demand.
 """
 
-from hfendpoint.library import Cancelled, InvalidRequest, WorkerError, handler, run
+from hfendpoint.library import Cancelled, InvalidRequest, WorkerError, handler, request_id, run
 
 __version__ = "0.4.0"
 
-__all__ = ["Cancelled", "InvalidRequest", "WorkerError", "__version__", "handler", "run"]
+__all__ = ["Cancelled", "InvalidRequest", "WorkerError", "__version__", "handler", "request_id", "run"]

@@ -93,6 +93,11 @@ FLOAT32_VECTORS = "float32_vectors"
 CHAT_N = "chat_n"
 
 
+#: A request's optional top-level key (beside C{id}, C{name} and C{data},
+#: where an older worker never looks): the HTTP request's id, so that the
+#: worker's log lines can be joined with the gateway's.
+REQUEST_ID_KEY = "request_id"
+
 #: An error reply's optional HTTP status, for a request the client got
 #: wrong (a 4xx); without it, or from an older worker, the error is a 500.
 ERROR_STATUS_KEY = "status"

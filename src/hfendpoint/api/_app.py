@@ -23,6 +23,7 @@ from hfendpoint.backend._batching import EmbeddingBatcher
 from hfendpoint.errors import OpenAIError, not_found
 from hfendpoint.interfaces import IImageStore, IWorkerClient
 from hfendpoint.web import ExactRoutes, send_error, send_json, set_length
+from hfendpoint.backend._client import REQUEST_ID
 
 DEFAULT_MODEL_NAME = "hfendpoint"
 
@@ -84,6 +85,8 @@ class GatewayApp:
         Serve one request to C{endpoint}: read and check its body, let the
         family's translator answer, and write the answer.
         """
+        # The calls this request makes carry its id to the worker.
+        REQUEST_ID.set(getattr(request, "request_id", None))
         body = endpoint.read(request)
         checked = endpoint.body.validate(body)
         context = Context(self.client, self.batcher, self.store, self.model_name, self._now(), request)
@@ -140,7 +143,14 @@ class GatewayApp:
     def _unexpected(self, request: Any, failure: Any) -> Any:
         if failure.check(CancelledError):
             return None
-        self._log.failure("Unexpected error serving {uri}", failure, uri=request.uri)
+        self._log.failure(
+            "Unexpected error serving {uri} (request {request_id})",
+            failure,
+            uri=request.uri,
+            request_id=getattr(request, "request_id", None),
+            method=request.method.decode("latin-1"),
+            path=request.path.decode("latin-1"),
+        )
         return send_error(
             request, OpenAIError(500, "The server had an error while processing your request.", "api_error")
         )

@@ -28,6 +28,7 @@ from hfendpoint.backend._batching import EmbeddingBatcher
 from hfendpoint.errors import invalid_request, worker_failed
 from hfendpoint.interfaces import IWorkerClient
 from hfendpoint.web import dumps
+from hfendpoint.web._metrics import record_usage
 
 MAX_INPUTS = 2048
 MAX_TOKEN_ID = 2**32 - 1
@@ -329,6 +330,9 @@ async def serve(context: Context, body: dict, checked: dict) -> Reply:
     if request["tokens"] is None:
         context.require("tokenize")
     context.require("embeddings")
+    if request["tokens"] is None:
+        request["tokens"] = await tokenize(context.client, request["texts"])
+    record_usage(context.request, {"prompt_tokens": sum(map(len, request["tokens"]))})
     return await create_embeddings(context.client, context.batcher, request, context.model)
 
 

@@ -20,6 +20,7 @@ from hfendpoint.api._contract import Body
 from hfendpoint.errors import OpenAIError
 from hfendpoint.interfaces import IImageStore, IWorkerClient
 from hfendpoint.web import EventStream, parse_json_body, send_json, set_length, write_parts
+from hfendpoint.web._metrics import record_usage
 
 
 def send_error_event(events: EventStream, error: OpenAIError) -> None:
@@ -133,6 +134,7 @@ async def respond(request: Any, reply: Reply) -> Optional[bytes]:
         written already.
     """
     if type(reply) is dict:
+        record_usage(request, reply.get("usage"))
         return send_json(request, reply)
     if type(reply) is bytes:
         request.setHeader(b"content-type", b"application/json")

@@ -12,7 +12,7 @@ its own order.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -34,6 +34,9 @@ class _Waiter:
 class EmbeddingBatcher:
     """
     @ivar batches: how many worker calls were made (for tests and figures).
+
+    @param on_batch: told the number of inputs of each call it sends (the
+        metrics' histogram of batch sizes).
     """
 
     def __init__(
@@ -42,8 +45,10 @@ class EmbeddingBatcher:
         max_tokens: int = 16384,
         max_inputs: int = 2048,
         max_concurrent: int = 1,
+        on_batch: Optional[Callable[[int], object]] = None,
     ) -> None:
         self._client = client
+        self._on_batch = on_batch
         self.max_tokens = max_tokens
         self.max_inputs = max_inputs
         self.max_concurrent = max_concurrent
@@ -92,6 +97,8 @@ class EmbeddingBatcher:
         self._in_flight += 1
         self.batches += 1
         rows = [row for waiter in batch for row in waiter.tokens]
+        if self._on_batch is not None:
+            self._on_batch(len(rows))
         call = self._client.call(EMBEDDINGS, {"input": rows})
         call.addCallbacks(self._deliver, self._fail, callbackArgs=(batch,), errbackArgs=(batch,))
         call.addBoth(self._next)

@@ -10,6 +10,7 @@ and the HTTP side never needs to know that a worker was restarted.
 from __future__ import annotations
 
 from collections import OrderedDict
+from contextvars import ContextVar
 from functools import partial
 from typing import Any, Callable, Optional
 
@@ -31,7 +32,7 @@ from hfendpoint.interfaces import IWorkerClient
 from hfendpoint.backend._budget import ReplyBudget
 from hfendpoint.backend._protocol import IMessageReceiver, ProtocolViolation, WorkerProtocol
 from hfendpoint.web._coalescing import TurnFlusher
-from hfendpoint.wire import CANCEL, PING_KEY
+from hfendpoint.wire import CANCEL, PING_KEY, REQUEST_ID_KEY
 
 #: The call names of our protocol extensions (PROTOCOL.md, "Extending it").
 
@@ -57,6 +58,12 @@ def _succeed(deferred: Deferred) -> None:
     # Unless it was cancelled since its call ended.
     if not deferred.called:
         deferred.callback(None)
+
+
+#: The id of the HTTP request being served, set by the API for the calls it
+#: makes (a context variable: each request's coroutine has its own), and
+#: sent with each call so that the worker's logs can be joined with ours.
+REQUEST_ID: ContextVar[Optional[str]] = ContextVar("hfendpoint_request_id", default=None)
 
 
 class WorkerInfo:
@@ -278,7 +285,11 @@ class WorkerClient:
             call.deadline = self._reactor.seconds() + self.request_timeout
         self._pending[ident] = call
         try:
-            protocol.send({"id": ident, "name": name, "data": data}, alone=len(self._pending) == 1)
+            message = {"id": ident, "name": name, "data": data}
+            http_id = REQUEST_ID.get()
+            if http_id is not None:
+                message[REQUEST_ID_KEY] = http_id
+            protocol.send(message, alone=len(self._pending) == 1)
         except (TypeError, ValueError, OverflowError) as e:
             self._finish(call)
             self._fail(call, invalid_request(f"The request cannot be sent to the worker: {e}"))

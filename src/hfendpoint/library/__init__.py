@@ -37,7 +37,7 @@ starts it all.
 """
 
 from hfendpoint.library._calls import legacy_calls, modern_calls
-from hfendpoint.library._connection import Connection
+from hfendpoint.library._connection import Connection, request_id
 from hfendpoint.library._errors import Cancelled, InvalidRequest, WorkerError
 from hfendpoint.library._run import handler, run, serve
 
@@ -49,6 +49,7 @@ __all__ = [
     "handler",
     "legacy_calls",
     "modern_calls",
+    "request_id",
     "run",
     "serve",
 ]

@@ -7,6 +7,7 @@ cancels) answered here, whatever the worker's handlers are.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -32,6 +33,7 @@ from hfendpoint.wire import (
     PING_KEY,
     PROTOCOL_KEY,
     PROTOCOL_VERSION,
+    REQUEST_ID_KEY,
     is_client_status,
 )
 
@@ -39,6 +41,22 @@ log = logging.getLogger("hfendpoint")
 
 #: The most bytes read from the socket at a time.
 READ_SIZE = 256 * 1024
+
+
+#: The id of the HTTP request the running handler serves (C{None} when the
+#: gateway sends none): L{hfendpoint.request_id} reads it.
+CURRENT_REQUEST_ID: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar(
+    "hfendpoint_request_id", default=None
+)
+
+
+def request_id() -> Optional[str]:
+    """
+    The id of the HTTP request the calling handler serves (the gateway's
+    C{X-Request-Id}), for the worker's own log lines; C{None} outside a
+    handler, or behind a gateway that sends none.
+    """
+    return CURRENT_REQUEST_ID.get()
 
 
 class Request:
@@ -52,7 +70,11 @@ class Request:
         before every send because a handler may outlive its task (a thread
         cannot be interrupted).
     @ivar task: the asyncio task serving it, which a cancel cancels.
+    @ivar request_id: the id of the HTTP request it serves, when the
+        gateway sends one (ours does), else C{None}.
     """
+
+    request_id: Optional[str] = None
 
     def __init__(self, connection: Connection, request_id: int, name: str) -> None:
         self.connection = connection
@@ -60,6 +82,12 @@ class Request:
         self.name = name
         self.cancelled = False
         self.task: Optional[asyncio.Task[None]] = None
+
+    def tag(self) -> str:
+        """
+        The HTTP request's id, for a log line: C{", request ID"}.
+        """
+        return f", request {self.request_id}" if self.request_id else ""
 
     async def send(self, value: Any) -> None:
         """
@@ -176,10 +204,19 @@ class Connection:
             self.pong(request_id)
             return
         request = Request(self, request_id, name)
+        http_id = message.get(REQUEST_ID_KEY)
+        if isinstance(http_id, str):
+            request.request_id = http_id[:128]
         self.requests[request_id] = request
-        request.task = asyncio.get_running_loop().create_task(
-            self.serve_request(request, self.find(name), data)
-        )
+        # The task runs in a copy of the current context, with the HTTP
+        # request's id in it for the handler's own log lines.
+        token = CURRENT_REQUEST_ID.set(request.request_id)
+        try:
+            request.task = asyncio.get_running_loop().create_task(
+                self.serve_request(request, self.find(name), data)
+            )
+        finally:
+            CURRENT_REQUEST_ID.reset(token)
 
     def pong(self, request_id: int) -> None:
         """
@@ -234,12 +271,12 @@ class Connection:
         message = str(error) or type(error).__name__
         reply = {"id": request.id, "error": message}
         if isinstance(error, WorkerError):
-            log.warning("Request %d (%s) failed: %s", request.id, request.name, message)
+            log.warning("Request %d (%s%s) failed: %s", request.id, request.name, request.tag(), message)
             if is_client_status(error.status):
                 reply[ERROR_STATUS_KEY] = error.status
         else:
             log.error(
-                "Request %d (%s) failed", request.id, request.name, exc_info=error
+                "Request %d (%s%s) failed", request.id, request.name, request.tag(), exc_info=error
             )
         with contextlib.suppress(Cancelled):
             await self.send(reply)

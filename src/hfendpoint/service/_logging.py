@@ -96,8 +96,11 @@ def json_access_line(timestamp: str, request: Any) -> str:
     return _dumps(record)
 
 
-def access_formatter(log_format: str) -> Optional[Callable[[str, Any], str]]:
+def access_formatter(log_format: str) -> Callable[[str, Any], str]:
     """
-    The C{logFormatter} for C{log_format}; C{None} keeps the site's own.
+    The C{logFormatter} for C{log_format}: JSON objects, or the Combined
+    Log Format with the request's id at the end of the line.
     """
-    return json_access_line if log_format == "json" else None
+    from hfendpoint.web._accesslog import combined_line_with_id
+
+    return json_access_line if log_format == "json" else combined_line_with_id

@@ -91,11 +91,15 @@ class GatewayService(MultiService):
         self.client = members[0][1] if workers == 1 else WorkerPool(members)
         self.drain_timeout = config.drain_timeout
         self.store = MemoryImageStore(config.max_image_capacity)
+        # Read from this gateway's state when scraped: made first, so that
+        # the parts below can report to it.
+        self.metrics = GatewayMetrics(self) if config.metrics else None
         batcher = EmbeddingBatcher(
             self.client,
             max_tokens=config.batch_tokens or 1,
             # Without batching, every call goes at once.
             max_concurrent=workers if config.batch_tokens else 2**31,
+            on_batch=self.metrics.embedding_batch_inputs.observe if self.metrics is not None else None,
         )
         self.api = GatewayApp(
             self.client,
@@ -113,7 +117,6 @@ class GatewayService(MultiService):
             queue_timeout=config.queue_timeout,
         )
         self.api_keys = ApiKeys(config.api_keys, config.api_key_file)
-        self.metrics = GatewayMetrics(self) if config.metrics else None
         self.site = GatewaySite(
             self._resource(config),
             max_body_size=config.max_body_size,

@@ -131,6 +131,16 @@ class HTTPMetrics:
             self.completion_tokens.labels(endpoint).inc(completion)
 
 
+def record_usage(request: Any, usage: Any) -> None:
+    """
+    Count the tokens of an answer's C{usage} against C{request}'s endpoint,
+    when metrics are kept.
+    """
+    recorder = getattr(request, "metrics", None)
+    if recorder is not None and usage:
+        recorder.usage(usage)
+
+
 class StreamTimer:
     """
     Times one stream's events: the first from the request's arrival, the

@@ -139,6 +139,10 @@ class _Exchange:
     def _failed(self, failure: Failure) -> None:
         if self._over:
             if not failure.check(CancelledError):
-                _log.failure("A request failed after its client left", failure)
+                _log.failure(
+                    "A request failed after its client left (request {request_id})",
+                    failure,
+                    request_id=getattr(self._request, "request_id", None),
+                )
             return
         self._respond(self._on_failure(self._request, failure))

@@ -77,12 +77,26 @@ class EventStream:
         request.setHeader(b"x-accel-buffering", b"no")
 
     def send(self, value: Any, event: Optional[str] = None) -> None:
+        if self._timer is not None and type(value) is dict:
+            self._count_usage(value)
         self.write_raw(
             (b"event: " + event.encode("ascii") + b"\n" if event else b"")
             + b"data: "
             + dumps(value)
             + b"\n\n"
         )
+
+    def _count_usage(self, value: dict) -> None:
+        """
+        Count a stream's usage for the metrics: in its last chunk (chat,
+        completions), or in its completed response (responses).
+        """
+        usage = value.get("usage")
+        if usage is None and value.get("type") == "response.completed":
+            response = value.get("response")
+            usage = response.get("usage") if type(response) is dict else None
+        if usage:
+            self._request.metrics.usage(usage)
 
     def write_raw(self, data: bytes) -> None:
         if self.closed:
@@ -133,7 +147,10 @@ class EventStream:
         self.closed = True
         self._held = []
         self._held_size = 0
-        _log.warn("Dropping a client that fell too far behind its event stream")
+        _log.warn(
+            "Dropping a client that fell too far behind its event stream (request {request_id})",
+            request_id=getattr(self._request, "request_id", None),
+        )
         self._request.channel.transport.abortConnection()
 
     # IPushProducer
