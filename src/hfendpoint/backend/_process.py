@@ -1,12 +1,12 @@
 """
-Launching one worker process: the socket pair, the spawn, and its stderr.
+Launching one worker process: the socket pair, the spawn, and its output.
 
-The launch follows the original gateway exactly (PROTOCOL.md, "Launch"),
-so a worker written for it sees the same world: C{HFENDPOINT_FD} naming
-an inherited UNIX stream socket with 1 MiB buffers, the whole environment,
-stdin from /dev/null, stdout shared with the gateway, stderr read by the
-gateway line by line (stdout too: unlike the original, it goes through
-the gateway's log rather than straight to its stdout), and a process group of its own (so a Ctrl-C in the
+The launch follows the original gateway (PROTOCOL.md, "Launch"), so a
+worker written for it sees the same world: C{HFENDPOINT_FD} naming an
+inherited UNIX stream socket with 1 MiB buffers, the whole environment,
+stdin from /dev/null, stderr read by the gateway line by line, and stdout
+too (unlike the original, which shared its own stdout: here both go
+through the gateway's log), and a process group of its own (so a Ctrl-C in the
 gateway's terminal reaches the gateway alone, which then stops the worker
 in order, and so a stop reaches the worker's own children too).
 """

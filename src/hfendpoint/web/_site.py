@@ -123,7 +123,9 @@ class GatewaySite(Site):
     @param flusher: the L{TurnFlusher} that the site's channels hold their
         writes on, shared with the worker clients and the event streams;
         without one, or without the private names of Twisted that the
-        gateway's channel needs, the site uses Twisted's own channel.
+        direct send needs, the site's channel writes through the transport
+        as Twisted's does (L{hfendpoint.web._hardened.HardenedChannel}
+        alone).
     @param logFormatter: as for L{Site}; also formats the lines written to
         an C{access_log} stream (by default, L{combined_line}: the same
         lines as Twisted's C{combinedLogFormatter}).
