@@ -118,7 +118,10 @@ def served_routes() -> set[tuple[str, str]]:
     Every (OpenAPI path, method) the Klein app routes, HEAD (which Werkzeug
     adds for GET) aside.
     """
-    routes = set()
+    from hfendpoint.web._metrics import METRICS_PATH
+
+    # /metrics is served by the service's MetricsResource, before the app.
+    routes = {(METRICS_PATH.decode("ascii"), "get")}
     for rule in GatewayApp.app.url_map.iter_rules():
         path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
         for method in rule.methods or ():
@@ -157,6 +160,21 @@ class DocumentTests(SynchronousTestCase):
         self.assertIn(("/v1/images/{image_id}", "delete"), served)
         self.assertIn(("/v1/models/{model}", "get"), served)
         self.assertEqual(documented_routes(), served)
+
+    def test_security(self) -> None:
+        """
+        The API key schemes are declared, every operation takes either
+        (or none, for a gateway without keys), and the probes and a stored
+        image never ask for one.
+        """
+        doc = document()
+        self.assertEqual(set(doc["components"]["securitySchemes"]), {"bearerAuth", "apiKeyHeader"})
+        self.assertIn({"bearerAuth": []}, doc["security"])
+        self.assertIn({}, doc["security"])
+        for path, method in (("/health", "get"), ("/ready", "get"), ("/v1/images/{image_id}", "get")):
+            self.assertEqual(doc["paths"][path][method]["security"], [], path)
+        self.assertNotIn("security", doc["paths"]["/v1/images/{image_id}"]["delete"])
+        self.assertIn("401", doc["paths"]["/v1/chat/completions"]["post"]["responses"])
 
     def test_every_reference_resolves(self) -> None:
         refs: list[str] = []

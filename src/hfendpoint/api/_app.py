@@ -14,7 +14,6 @@ from klein import Klein
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
-from zope.interface.verify import verifyObject
 
 from hfendpoint.api import _openapi as openapi
 from hfendpoint.api._endpoint import Context, Endpoint, respond
@@ -62,10 +61,10 @@ class GatewayApp:
         batcher: Optional[EmbeddingBatcher] = None,
         not_ready_reason: Callable[[], str] = lambda: "The worker is not ready.",
     ) -> None:
-        verifyObject(IWorkerClient, client)
-        verifyObject(IImageStore, store)
-        self.client = client
-        self.store = store
+        # The interfaces' adaptation: an object that does not declare it
+        # provides them is refused here, when the gateway is put together.
+        self.client = IWorkerClient(client)
+        self.store = IImageStore(store)
         self._model_name = model_name
         self.is_ready = is_ready
         self.not_ready_reason = not_ready_reason

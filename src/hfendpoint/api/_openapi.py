@@ -25,9 +25,11 @@ __all__ = ["document"]
 
 _ERRORS = {
     400: "The request is invalid; `param` names the field at fault.",
+    401: "No API key, or a wrong one (`invalid_api_key`), where the gateway has keys.",
     404: "No such route, model or image.",
     405: "The route does not take this method (the `Allow` header lists those it takes).",
     413: "The request body is larger than the server's limit.",
+    415: "A JSON endpoint was sent a body that is not JSON, from a web origin CORS does not allow.",
     429: "Too many requests are being served or waiting; retry after `Retry-After` seconds.",
     500: "The worker failed the request, or the server had an error.",
     501: "The worker does not serve the call this endpoint needs.",
@@ -38,8 +40,24 @@ _ERRORS = {
 
 #: The error statuses of every operation, and those that a worker call or
 #: a request body adds.
-_ALWAYS = (404, 405, 500)
-_WORKER = (400, 413, 429, 501, 502, 503, 504)
+_ALWAYS = (401, 404, 405, 500)
+_WORKER = (400, 413, 415, 429, 501, 502, 503, 504)
+
+#: How a client presents its API key, when the gateway has keys: as every
+#: OpenAI client does, or in a header of its own.
+_SECURITY_SCHEMES = {
+    "bearerAuth": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "`Authorization: Bearer KEY`, what OpenAI's clients send (`--api-key`).",
+    },
+    "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-Api-Key"},
+}
+#: Either scheme; none at all when the gateway runs without keys.
+_SECURITY = [{"bearerAuth": []}, {"apiKeyHeader": []}, {}]
+#: Operations that never ask for a key: the probes, and a stored image,
+#: whose unguessable URL is its capability.
+_OPEN: dict[str, Any] = {"security": []}
 
 
 def _service_schemas() -> Components:
@@ -131,9 +149,16 @@ def _paths() -> dict[str, Any]:
     inference = {endpoint.path: {"post": _post(endpoint)} for endpoint in ENDPOINTS}
     return {
         "/": {"get": _operation("root", "Liveness", _EMPTY)},
-        "/health": {"get": _operation("health", "Liveness", _EMPTY)},
+        "/health": {"get": _operation("health", "Liveness", _EMPTY, **_OPEN)},
         "/ready": {
-            "get": _operation("ready", "Readiness: whether the worker can take requests", _ok("Ready"), 503)
+            "get": _operation("ready", "Readiness: whether the worker can take requests", _ok("Ready"), 503, **_OPEN)
+        },
+        "/metrics": {
+            "get": _operation(
+                "metrics",
+                "Prometheus metrics, in its text format",
+                {"200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+            )
         },
         "/openapi.json": {
             "get": _operation(
@@ -163,6 +188,7 @@ def _paths() -> dict[str, Any]:
                         "content": {"image/png": {"schema": {"type": "string", "contentMediaType": "image/png"}}},
                     }
                 },
+                **_OPEN,
             ),
             "delete": _operation(
                 "deleteImage", "Forget a stored image", {"204": {"description": "Deleted."}}
@@ -201,7 +227,8 @@ def _document() -> dict[str, Any]:
             "license": {"name": "MIT", "identifier": "MIT"},
         },
         "paths": _paths(),
-        "components": {"schemas": _schemas(), "responses": _responses()},
+        "security": _SECURITY,
+        "components": {"schemas": _schemas(), "responses": _responses(), "securitySchemes": _SECURITY_SCHEMES},
     }
 
 
