@@ -78,6 +78,19 @@ def not_found(message: str, code: Optional[str] = "not_found") -> OpenAIError:
     return OpenAIError(404, message, "invalid_request_error", None, code)
 
 
+def unsupported_endpoint(call: str) -> OpenAIError:
+    """
+    A 501: the worker does not serve the call this endpoint needs.
+    """
+    return OpenAIError(
+        501,
+        f"This endpoint is not available: the worker does not serve '{call}'.",
+        "invalid_request_error",
+        None,
+        "unsupported_endpoint",
+    )
+
+
 def worker_failed(message: str, status: object = None) -> OpenAIError:
     """
     The worker answered the request with an C{error} reply: a 500, or the

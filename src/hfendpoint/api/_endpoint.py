@@ -17,7 +17,7 @@ from typing import Any, Awaitable, Callable, Optional, Union
 from attrs import frozen
 
 from hfendpoint.api._contract import Body
-from hfendpoint.errors import OpenAIError
+from hfendpoint.errors import OpenAIError, unsupported_endpoint
 from hfendpoint.interfaces import IImageStore, IWorkerClient
 from hfendpoint.web import EventStream, parse_json_body, send_json, set_length, write_parts
 from hfendpoint.web._metrics import record_usage
@@ -73,13 +73,7 @@ class Context:
         Fail at once for a call the worker said it does not serve.
         """
         if not self.client.info.serves(call):
-            raise OpenAIError(
-                501,
-                f"This endpoint is not available: the worker does not serve '{call}'.",
-                "invalid_request_error",
-                None,
-                "unsupported_endpoint",
-            )
+            raise unsupported_endpoint(call)
 
     def url_for(self, image_id: str) -> str:
         """

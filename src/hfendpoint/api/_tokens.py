@@ -21,7 +21,7 @@ from hfendpoint.api._choices import prompt_text
 from hfendpoint.api._contract import Body, Components, Field, Schema, String
 from hfendpoint.api._endpoint import Context, Endpoint, Reply
 from hfendpoint.api._wording import missing, wrong_type
-from hfendpoint.errors import OpenAIError, invalid_request, worker_failed
+from hfendpoint.errors import invalid_request, unsupported_endpoint, worker_failed
 from hfendpoint.wire import DETOKENIZE, TOKENIZE
 
 MAX_TOKEN_ID = 2**32 - 1
@@ -133,13 +133,7 @@ def _require_listed(context: Context, call: str) -> None:
     """
     calls: Optional[frozenset] = context.client.info.calls
     if calls is None or call not in calls:
-        raise OpenAIError(
-            501,
-            f"This endpoint is not available: the worker does not serve '{call}'.",
-            "invalid_request_error",
-            None,
-            "unsupported_endpoint",
-        )
+        raise unsupported_endpoint(call)
 
 
 async def detokenize(context: Context, body: dict, checked: dict) -> Reply:
