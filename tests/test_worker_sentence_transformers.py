@@ -415,7 +415,7 @@ class EngineTests(SynchronousTestCase):
         vectors next gets them without another pass, and the rows are
         then forgotten.
         """
-        worker, embedder = self.worker()
+        worker, embedder = self.worker(embed_ahead=True)
 
         async def both() -> tuple[Any, Any, int]:
             tokens = (await worker.tokenize({"input": ["a bb ccc", "dddd"]}))["tokens"]
@@ -444,7 +444,7 @@ class EngineTests(SynchronousTestCase):
         self.assertEqual(embedder.passes, [[[1, 2]]])
 
     def test_unclaimed_rows_bounded(self) -> None:
-        worker, embedder = self.worker()
+        worker, embedder = self.worker(embed_ahead=True)
         worker.engine.keep_ahead = 3
 
         async def tokenize_only() -> None:

