@@ -22,7 +22,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from hfendpoint import WorkerError
-from hfendpoint.workers._st_batches import plan, texts, token_lists, truncate
+from hfendpoint.workers._st_batches import buckets, plan, texts, token_lists, truncate
 
 from .gateway import decode_float32, http_client, in_thread, openai_client, start_gateway
 from .openapi import response_schema, validate
@@ -308,6 +308,23 @@ class BatchesTests(SynchronousTestCase):
         self.assertEqual(plan([50, 2, 2], 20), [[0], [1, 2]])
         self.assertEqual(plan([], 20), [])
 
+    def test_plan_with_overhead(self) -> None:
+        """
+        With a cost per pass, rows far shorter than the longest go in a
+        pass of their own when that saves more padding than the pass
+        costs, and never apart when it does not.
+        """
+        lengths = [30, 30, 10, 10, 10, 10]
+        # Together 6 x 30 + 128 = 308 tokens of work; apart 2 x 30 + 4 x 10
+        # + 2 x 128 = 356.
+        self.assertEqual(plan(lengths, 1000, 128), [[0, 1, 2, 3, 4, 5]])
+        # With passes at 8: 188 against 116.
+        self.assertEqual(plan(lengths, 1000, 8), [[0, 1], [2, 3, 4, 5]])
+        # The budget still holds, in passes of even size.
+        self.assertEqual(buckets([10] * 5, 30, 1000), [(0, 3), (3, 5)])
+        self.assertEqual(buckets([], 30, 8), [])
+        self.assertEqual(plan([50, 2, 2], 20, 1), [[0], [1, 2]])
+
     def test_truncate(self) -> None:
         self.assertEqual(truncate([[1, 2, 3], [4]], 2), [[1, 2], [4]])
         self.assertEqual(truncate([[1, 2, 3]], None), [[1, 2, 3]])
@@ -331,3 +348,157 @@ class BatchesTests(SynchronousTestCase):
         self.assertEqual(texts({"input": ["a", ""]}), ["a", ""])
         error = self.assertRaises(WorkerError, texts, {"input": ["a", 1]})
         self.assertEqual(str(error), "input must be a list of strings")
+
+
+class FakeEmbedder:
+    """
+    A model for the engine's tests: a row's vector is its sum, and each
+    forward pass is recorded.
+    """
+
+    limit = 8
+    vocabulary = 1000
+
+    def __init__(self) -> None:
+        self.passes: list[list[list[int]]] = []
+        self.tokenized: list[list[str]] = []
+
+    def has_prompt(self, row: Any) -> bool:
+        return row[0] == 999
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        self.tokenized.append(list(texts))
+        if "boom" in texts:
+            raise ValueError("boom")
+        return [[len(word) for word in text.split()] for text in texts]
+
+    def embed(self, rows: list[list[int]], prompted: bool = False) -> Any:
+        import numpy
+
+        self.passes.append([list(row) for row in rows])
+        return numpy.array([[float(sum(row)), float(prompted)] for row in rows], dtype="float32")
+
+
+class EngineTests(SynchronousTestCase):
+    """
+    The worker's queue of rows, with a fake model: calls share rounds,
+    texts are embedded as soon as tokenized, and each call gets its own
+    vectors in its own order.
+    """
+
+    def worker(self, **kwargs: Any) -> Any:
+        from hfendpoint.workers.sentence_transformers import Worker
+
+        embedder = FakeEmbedder()
+        worker = Worker(embedder, **kwargs)
+        self.addCleanup(worker.close)
+        return worker, embedder
+
+    def test_concurrent_calls_share_rounds(self) -> None:
+        worker, embedder = self.worker()
+
+        async def many() -> list[Any]:
+            calls = [worker.embeddings({"input": [[i + 1] * (1 + i % 3)]}) for i in range(10)]
+            return await asyncio.gather(*calls)
+
+        results = asyncio.run(many())
+        self.assertEqual(
+            [r["embeddings"] for r in results],
+            [[[float((i + 1) * (1 + i % 3)), 0.0]] for i in range(10)],
+        )
+        # The first runs alone; the nine that came meanwhile, in one round.
+        self.assertLessEqual(len(embedder.passes), 3)
+
+    def test_embed_ahead(self) -> None:
+        """
+        Text tokenized is embedded at once; the call that asks for its
+        vectors next gets them without another pass, and the rows are
+        then forgotten.
+        """
+        worker, embedder = self.worker(embed_ahead=True)
+
+        async def both() -> tuple[Any, Any, int]:
+            tokens = (await worker.tokenize({"input": ["a bb ccc", "dddd"]}))["tokens"]
+            await asyncio.sleep(0.2)
+            passes = len(embedder.passes)
+            vectors = (await worker.embeddings({"input": tokens}))["embeddings"]
+            return tokens, vectors, passes
+
+        tokens, vectors, passes = asyncio.run(both())
+        self.assertEqual(tokens, [[1, 2, 3], [4]])
+        self.assertEqual(vectors, [[6.0, 0.0], [4.0, 0.0]])
+        self.assertEqual(passes, 1)
+        self.assertEqual(len(embedder.passes), 1)
+        self.assertEqual(worker.engine._rows, {})
+
+    def test_no_embed_ahead(self) -> None:
+        worker, embedder = self.worker(embed_ahead=False)
+
+        async def both() -> None:
+            tokens = (await worker.tokenize({"input": ["a bb"]}))["tokens"]
+            await asyncio.sleep(0.1)
+            self.assertEqual(embedder.passes, [])
+            await worker.embeddings({"input": tokens})
+
+        asyncio.run(both())
+        self.assertEqual(embedder.passes, [[[1, 2]]])
+
+    def test_unclaimed_rows_bounded(self) -> None:
+        worker, embedder = self.worker(embed_ahead=True)
+        worker.engine.keep_ahead = 3
+
+        async def tokenize_only() -> None:
+            for i in range(10):
+                await worker.tokenize({"input": ["x" * (i + 1)]})
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.1)
+
+        asyncio.run(tokenize_only())
+        self.assertLessEqual(len(worker.engine._rows), 3)
+
+    def test_prompted_apart(self) -> None:
+        worker, embedder = self.worker()
+        rows = [[999, 1], [1, 1], [999, 2, 2]]
+        vectors = asyncio.run(worker.embeddings({"input": rows}))["embeddings"]
+        self.assertEqual(vectors, [[1000.0, 1.0], [2.0, 0.0], [1003.0, 1.0]])
+        for forward in embedder.passes:
+            self.assertEqual(len({embedder.has_prompt(row) for row in forward}), 1)
+
+    def test_tokenize_calls_coalesced(self) -> None:
+        """
+        Calls that come while the tokenizer is busy are tokenized in one
+        go, each answered with its own rows; one whose text fails gets the
+        error, alone.
+        """
+        worker, embedder = self.worker(embed_ahead=False)
+
+        async def many() -> list[Any]:
+            calls = [worker.tokenize({"input": [f"{'w ' * i}end"]}) for i in range(1, 6)]
+            calls.append(worker.tokenize({"input": ["boom"]}))
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+        results = asyncio.run(many())
+        self.assertEqual([r["tokens"] for r in results[:5]], [[[1] * i + [3]] for i in range(1, 6)])
+        self.assertIsInstance(results[5], ValueError)
+        self.assertLess(len(embedder.tokenized), 6 + 2)
+
+    def test_cancelled_call(self) -> None:
+        """
+        A call cancelled before its round does not run its rows, and does
+        not cancel another call's.
+        """
+        worker, embedder = self.worker(embed_ahead=False)
+
+        async def cancel_one() -> Any:
+            first = asyncio.ensure_future(worker.embeddings({"input": [[5]]}))
+            await asyncio.sleep(0)
+            doomed = asyncio.ensure_future(worker.embeddings({"input": [[7, 7]]}))
+            shared = asyncio.ensure_future(worker.embeddings({"input": [[8], [5]]}))
+            await asyncio.sleep(0)
+            doomed.cancel()
+            return await first, await shared
+
+        first, shared = asyncio.run(cancel_one())
+        self.assertEqual(first["embeddings"], [[5.0, 0.0]])
+        self.assertEqual(shared["embeddings"], [[8.0, 0.0], [5.0, 0.0]])
+        self.assertNotIn([7, 7], [row for forward in embedder.passes for row in forward])

@@ -15,10 +15,15 @@ length, so that text sent through both calls gets exactly the vector
 C{SentenceTransformer.encode} gives it.
 
 One forward pass at a time runs on the device, in a thread of its own so
-that the event loop keeps reading requests and cancels; within a call,
-inputs are sorted by length and run in sub-batches of at most
-C{--batch-tokens} padded tokens, and the vectors go back in the order of
-the input.
+that the event loop keeps reading requests and cancels. Every row to
+embed, from any call, joins one queue; each round the model takes what
+is queued, sorted by length and cut into passes of at most
+C{--batch-tokens} padded tokens, rows of very different lengths apart
+when a pass of their own costs less than their padding
+(C{--pass-overhead}); the vectors go back in the order of each call.
+With C{--embed-ahead}, texts start being embedded as soon as they are
+tokenized, since the gateway asks for their vectors next (C{_st_engine}
+says why).
 """
 
 from __future__ import annotations
@@ -33,11 +38,15 @@ from typing import Any, Optional
 
 import hfendpoint
 
-from ._st_batches import plan, texts, token_lists, truncate
+from ._st_batches import texts, token_lists, truncate
+from ._st_engine import Engine, Tokenizer
 
 log = logging.getLogger("hfendpoint.workers.sentence_transformers")
 
 DEFAULT_BATCH_TOKENS = 16384
+#: The fixed cost of one forward pass, in padded tokens: what padding rows
+#: to a longer one must save before they get a pass of their own.
+DEFAULT_OVERHEAD = 64
 
 
 class Worker:
@@ -45,58 +54,47 @@ class Worker:
     The calls served for one loaded model.
 
     @ivar embedder: the model, as token lists in and vectors out.
-    @ivar batch_tokens: the most padded tokens of one forward pass.
+    @ivar engine: the queue of rows to embed and the loop that runs them.
+    @ivar embed_ahead: whether texts are embedded as soon as tokenized.
     """
 
-    def __init__(self, embedder: Any, batch_tokens: int = DEFAULT_BATCH_TOKENS) -> None:
+    def __init__(
+        self,
+        embedder: Any,
+        batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        overhead: Optional[float] = DEFAULT_OVERHEAD,
+        embed_ahead: bool = False,
+    ) -> None:
         self.embedder = embedder
-        self.batch_tokens = batch_tokens
+        self.embed_ahead = embed_ahead
         # One forward pass at a time on the device; tokenizing has its own
         # thread, since a fast tokenizer must not be used by two at once.
         self.model_thread = concurrent.futures.ThreadPoolExecutor(1, "hfendpoint-model")
         self.tokenizer_thread = concurrent.futures.ThreadPoolExecutor(1, "hfendpoint-tokenizer")
+        self.engine = Engine(embedder, batch_tokens, overhead, self.model_thread)
+        self.tokenizer = Tokenizer(embedder, self.tokenizer_thread)
+        if embed_ahead:
+            self.engine.settle = self.tokenizer.settled
 
     async def tokenize(self, data: Any) -> dict[str, Any]:
-        inputs = texts(data)
-        loop = asyncio.get_running_loop()
-        tokens = await loop.run_in_executor(self.tokenizer_thread, self.embedder.tokenize, inputs)
+        tokens = await self.tokenizer.tokenize(texts(data))
+        if self.embed_ahead and tokens:
+            # The gateway asks for these rows' vectors next: they join the
+            # model's next round now (see _st_engine).
+            self.engine.ahead(truncate(tokens, self.embedder.limit))
         return {"tokens": tokens}
 
     async def embeddings(self, data: Any) -> dict[str, Any]:
         embedder = self.embedder
         rows = truncate(token_lists(data, embedder.vocabulary), embedder.limit)
-        loop = asyncio.get_running_loop()
-        vectors: list[Any] = [None] * len(rows)
-        for prompted, indices in groups(rows, embedder.has_prompt):
-            lengths = [len(rows[index]) for index in indices]
-            for batch in plan(lengths, self.batch_tokens):
-                chosen = [indices[position] for position in batch]
-                # A cancel stops the call here, between two sub-batches.
-                result = await loop.run_in_executor(
-                    self.model_thread, embedder.embed, [rows[index] for index in chosen], prompted
-                )
-                for index, vector in zip(chosen, result.tolist()):
-                    vectors[index] = vector
+        vectors = await self.engine.embed(rows)
         # Lists of floats: the worker library sends them as float32 bytes
         # to a gateway that reads those, and as they are to one that does not.
-        return {"embeddings": vectors}
+        return {"embeddings": [vector.tolist() for vector in vectors]}
 
     def close(self) -> None:
         self.model_thread.shutdown(wait=False, cancel_futures=True)
         self.tokenizer_thread.shutdown(wait=False, cancel_futures=True)
-
-
-def groups(rows: Sequence[Sequence[int]], has_prompt: Any) -> list[tuple[bool, list[int]]]:
-    """
-    The indices of the rows that start with the model's prompt and of
-    those that do not: pooling that leaves the prompt out is told its
-    length once per forward pass, so the two never share one.
-    """
-    prompted: list[int] = []
-    plain: list[int] = []
-    for index, row in enumerate(rows):
-        (prompted if has_prompt(row) else plain).append(index)
-    return [(flag, indices) for flag, indices in ((True, prompted), (False, plain)) if indices]
 
 
 def positive(text: str) -> int:
@@ -123,6 +121,19 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         type=positive,
         default=DEFAULT_BATCH_TOKENS,
         help=f"the most padded tokens in one forward pass (default {DEFAULT_BATCH_TOKENS})",
+    )
+    parser.add_argument(
+        "--pass-overhead",
+        type=positive,
+        default=DEFAULT_OVERHEAD,
+        help=f"the fixed cost of one forward pass, in padded tokens: inputs of different lengths go in "
+        f"separate passes when that saves more padding than this (default {DEFAULT_OVERHEAD})",
+    )
+    parser.add_argument(
+        "--embed-ahead",
+        action="store_true",
+        help="start embedding texts as soon as they are tokenized, since the gateway asks for their vectors next "
+        "(experimental: it measured no faster than the gateway's own batching)",
     )
     parser.add_argument("--threads", type=positive, help="torch threads on the CPU (default: the cores, shared among workers)")
     parser.add_argument("--prompt-name", help="the model's prompt to put before every text (default: its default prompt, if any)")
@@ -207,7 +218,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if "HFENDPOINT_FD" not in os.environ:
         # Found out now rather than after loading the model.
         raise SystemExit("this program is an hfendpoint worker; start it through the hfendpoint gateway")
-    worker = Worker(load(args), args.batch_tokens)
+    worker = Worker(load(args), args.batch_tokens, args.pass_overhead, args.embed_ahead)
     hfendpoint.handler("tokenize")(worker.tokenize)
     hfendpoint.handler("embeddings")(worker.embeddings)
     name = os.environ.get("HFENDPOINT_MODEL_NAME") or served_name(args.model)
