@@ -89,20 +89,20 @@ class DescriptorReserve:
         except OSError as error:
             if not is_out_of_descriptors(error):
                 raise
-            self._ran_out(what, error)
+            self.ran_out(what, error)
             self.release()
             try:
                 return function(*args)
             finally:
                 self.hold()
-        if self.short and len(self._held) == self.count:
-            self.short = False
-            self._log.info("File descriptors are available again")
-        else:
-            self.hold()
+        self.settle()
         return result
 
-    def _ran_out(self, what: str, error: OSError) -> None:
+    def ran_out(self, what: str, error: OSError) -> None:
+        """
+        Note that the process is out of descriptors (C{error} said so) and
+        that the reserve is used to C{what}; said once per shortage.
+        """
         if self.short:
             return
         self.short = True
@@ -114,6 +114,17 @@ class DescriptorReserve:
             count=len(self._held),
             what=what,
         )
+
+    def settle(self) -> None:
+        """
+        After something that needed descriptors got them without the
+        reserve: take back what the reserve lacks; if it is whole again,
+        the shortage (if any) is over, which is said once.
+        """
+        self.hold()
+        if self.short and len(self._held) == self.count:
+            self.short = False
+            self._log.info("File descriptors are available again")
 
     def close(self) -> None:
         self.release()

@@ -12,7 +12,9 @@ from twisted.internet.defer import CancelledError, Deferred, gatherResults, succ
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.web.server import Site
+from zope.interface import directlyProvides, providedBy
 
+from hfendpoint._twisted_private import listen_tcp, listen_tls
 from hfendpoint.web._admission import AdmissionResource
 from hfendpoint.api._app import GatewayApp
 from hfendpoint.backend._batching import EmbeddingBatcher
@@ -61,9 +63,9 @@ class GatewayService(MultiService):
     @ivar ports: the listening ports once started (for tests that listen
         on port 0).
     @ivar descriptors: the L{DescriptorReserve} that worker spawns draw on
-        when the process is out of file descriptors (and that an accept
-        loop may draw on to refuse a client), or C{None} when workers are
-        not real processes.
+        when the process is out of file descriptors, and that the TCP and
+        TLS listeners draw on to close the clients they cannot accept then,
+        or C{None} when workers are not real processes.
     @ivar reply_budget: the L{ReplyBudget} bounding the memory that the
         workers' replies hold, shared by every worker.
     @ivar stop_reactor_on_failure: whether to stop the reactor when the
@@ -140,7 +142,10 @@ class GatewayService(MultiService):
                 self._listen(description, metrics_site)
 
     def _listen(self, description: str, site: Any) -> None:
-        listener = _RecordingEndpointService(serverFromString(self._reactor, description), site)
+        reactor = self._reactor
+        if self.descriptors is not None:
+            reactor = _ReservedListening(reactor, self.descriptors)
+        listener = _RecordingEndpointService(serverFromString(reactor, description), site)
         listener.setServiceParent(self)
         self._listeners.append(listener)
 
@@ -316,6 +321,35 @@ class GatewayService(MultiService):
         return gatherResults([w.whenReady() for w in self.workers], consumeErrors=True).addErrback(
             lambda f: f.value.subFailure if hasattr(f.value, "subFailure") else f
         )
+
+
+class _ReservedListening:
+    """
+    The reactor, as the endpoints of the listen descriptions see it: its
+    TCP ports (C{tcp:}, C{tcp6:}) and the TCP ports under its TLS ones
+    (C{ssl:}) refuse the clients they cannot accept when the process is
+    out of descriptors, with the descriptors of C{reserve}, and say so
+    once (see L{listen_tcp}). Everything else (C{unix:}, C{systemd:}, ...)
+    is the reactor's own.
+    """
+
+    def __init__(self, reactor: Any, reserve: DescriptorReserve) -> None:
+        self._reactor = reactor
+        self._reserve = reserve
+        directlyProvides(self, providedBy(reactor))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self._reactor, name)
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+        return listen_tcp(self._reactor, port, factory, backlog, interface, self._reserve)
+
+    def listenSSL(
+        self, port: int, factory: Any, contextFactory: Any, backlog: int = 50, interface: str = ""
+    ) -> Any:
+        return listen_tls(self._reactor, port, factory, contextFactory, backlog, interface, self._reserve)
 
 
 class _RecordingEndpointService(Service):
