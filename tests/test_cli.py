@@ -222,3 +222,44 @@ class CommandTests(TestCase):
         self.assertIn("worker: cannot load model", [line["event"] for line in lines])
         self.assertTrue(any("exited with status 3 during start-up" in line["event"] for line in lines))
         self.assertEqual({"time", "level", "namespace", "event"} - set(lines[0]), set())
+
+
+class ListenerOutcomeTests(SynchronousTestCase):
+    """
+    Every caller of C{whenListening} learns how listening went, not only
+    the first.
+    """
+
+    def test_failure_for_every_caller(self):
+        from twisted.internet.defer import fail
+        from twisted.internet.error import CannotListenError
+
+        from hfendpoint.service._service import _RecordingEndpointService
+
+        class Taken:
+            def listen(self, factory):
+                return fail(CannotListenError("127.0.0.1", 80, OSError("in use")))
+
+        listener = _RecordingEndpointService(Taken(), object())
+        early = listener.when_listening()
+        listener.startService()
+        late = listener.when_listening()
+        for d in (early, late):
+            self.failureResultOf(d, CannotListenError)
+
+    def test_port_for_every_caller(self):
+        from twisted.internet.defer import succeed
+
+        from hfendpoint.service._service import _RecordingEndpointService
+
+        port = object()
+
+        class Free:
+            def listen(self, factory):
+                return succeed(port)
+
+        listener = _RecordingEndpointService(Free(), object())
+        early = listener.when_listening()
+        listener.startService()
+        self.assertIs(self.successResultOf(early), port)
+        self.assertIs(self.successResultOf(listener.when_listening()), port)

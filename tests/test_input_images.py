@@ -6,7 +6,7 @@ is already a 404; the images stored before it stay.
 
 from __future__ import annotations
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from hfendpoint.api._imagestore import ImageTooLarge, MemoryImageStore
 
@@ -61,3 +61,31 @@ class ImageTooLargeTests(GatewayTestCase):
         response, result = await self.generate("256x256", n=2, response_format="b64_json")
         self.assertEqual(response.code, 200, result)
         self.assertEqual(len(result["data"]), 2)
+
+
+class Base64InAThreadTests(TestCase):
+    """
+    The base64 of big images is made off the event loop, so that other
+    clients are served meanwhile; small ones stay on it.
+    """
+
+    async def test_big_images_in_a_thread(self):
+        import os
+
+        from pybase64 import b64encode
+
+        from hfendpoint.api import _images
+
+        threads = []
+        real = _images.deferToThread
+
+        def recorded(function):
+            threads.append(function)
+            return real(function)
+
+        self.patch(_images, "deferToThread", recorded)
+        big = [os.urandom(5 * 1024 * 1024), os.urandom(4 * 1024 * 1024)]
+        self.assertEqual(await _images.base64_of(big), [b64encode(png) for png in big])
+        self.assertEqual(len(threads), 1)
+        self.assertEqual(await _images.base64_of([b"small"]), [b64encode(b"small")])
+        self.assertEqual(len(threads), 1)

@@ -10,6 +10,7 @@ from typing import Any, Callable, Optional
 
 from attrs import frozen
 from pybase64 import b64encode
+from twisted.internet.threads import deferToThread
 
 from hfendpoint.api._contract import (
     Body,
@@ -217,6 +218,7 @@ async def generate(
 
     await client.request(call, worker_data(request), on_reply)
     ids = store_all(store, pngs) if request["response_format"] == "url" else []
+    encoded = [] if ids else await base64_of(pngs)
     parts = [b'{"created":%d,"data":[' % created]
     for i, png in enumerate(pngs):
         if i:
@@ -226,10 +228,24 @@ async def generate(
         else:
             # Written as bytes rather than through the JSON encoder, which
             # would scan megabytes of base64 for characters base64 never has.
-            parts += [b'{"b64_json":"', b64encode(png), b'"}']
+            parts += [b'{"b64_json":"', encoded[i], b'"}']
     parts.append(b"]}")
     # Megabytes of base64 go out as they are, not copied into one body.
     return parts
+
+
+#: Bytes of PNG from which base64 is written in a thread: hundreds of
+#: megabytes take the event loop a second, while every other client waits.
+IN_A_THREAD = 8 * 1024 * 1024
+
+
+async def base64_of(pngs: list[bytes]) -> list[bytes]:
+    """
+    The base64 of each PNG, made in a thread when they are big.
+    """
+    if sum(map(len, pngs)) < IN_A_THREAD:
+        return [b64encode(png) for png in pngs]
+    return await deferToThread(lambda: [b64encode(png) for png in pngs])
 
 
 def _not_kept(detail: str) -> OpenAIError:

@@ -11,6 +11,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.server import Site
 from zope.interface import directlyProvides, providedBy
 
@@ -29,7 +30,7 @@ from hfendpoint.service._config import GatewayConfig
 from hfendpoint.service._logging import access_formatter
 from hfendpoint.service._metrics import GatewayMetrics
 from hfendpoint.web._auth import ApiKeys, KeyedResource
-from hfendpoint.web._metrics import MeasuredResource, MetricsResource
+from hfendpoint.web._metrics import MetricsResource
 from hfendpoint.web._coalescing import TurnFlusher
 from hfendpoint.web._cors import CrossSiteResource
 from hfendpoint.web._forwarded import ForwardedResource, TrustedProxies
@@ -131,6 +132,7 @@ class GatewayService(MultiService):
             min_body_rate=config.min_body_rate,
             body_rate_grace=config.body_rate_grace,
         )
+        self.site.metrics = self.metrics
         self._failure_waiters: list[Deferred] = []
         self._listeners = []
         for description in config.listen:
@@ -152,16 +154,15 @@ class GatewayService(MultiService):
     def _resource(self, config: GatewayConfig) -> Any:
         """
         The resources every request passes through, outermost first: the
-        forwarded headers believed or removed, its id, its metrics, cross-site checks, its API key, C{/metrics}, then
-        admission control and the API.
+        forwarded headers believed or removed, its id, cross-site checks,
+        its API key, C{/metrics}, then admission control and the API (the
+        site itself counts and times each request as it finishes it).
         """
         resource = self.admission
         if self.metrics is not None:
             resource = MetricsResource(self.metrics.registry, resource)
         resource = KeyedResource(resource, self.api_keys)
         resource = CrossSiteResource(resource, config.cors_origins)
-        if self.metrics is not None:
-            resource = MeasuredResource(resource, self.metrics, self._reactor.seconds)
         return ForwardedResource(RequestIdResource(resource), TrustedProxies(config.forwarded_allow_ips))
 
     def _start_workers(
@@ -310,8 +311,8 @@ class GatewayService(MultiService):
             if one cannot (a port taken, say).
         """
         return gatherResults(
-            [listener.when_listening for listener in self._listeners], consumeErrors=True
-        )
+            [listener.when_listening() for listener in self._listeners], consumeErrors=True
+        ).addErrback(lambda f: f.value.subFailure if hasattr(f.value, "subFailure") else f)
 
     def whenReady(self) -> Deferred:
         """
@@ -364,8 +365,35 @@ class _RecordingEndpointService(Service):
     def __init__(self, endpoint: Any, factory: Any) -> None:
         self.endpoint = endpoint
         self.factory = factory
-        self.when_listening: Deferred = Deferred()
         self._listen: Optional[Deferred] = None
+        #: The port, or the failure to listen, once known.
+        self._outcome: Any = None
+        self._waiters: list[Deferred] = []
+
+    def when_listening(self) -> Deferred:
+        """
+        @return: a new Deferred firing with the port, or failing as
+            listening failed: each caller gets the outcome.
+        """
+        d: Deferred = Deferred()
+        if self._outcome is None:
+            self._waiters.append(d)
+        elif isinstance(self._outcome, Failure):
+            d.errback(self._outcome)
+        else:
+            d.callback(self._outcome)
+        return d
+
+    def _settle(self, outcome: Any) -> None:
+        if self._outcome is not None:
+            return
+        self._outcome = outcome
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            if isinstance(outcome, Failure):
+                d.errback(outcome)
+            else:
+                d.callback(outcome)
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -390,13 +418,11 @@ class _RecordingEndpointService(Service):
 
     def _listening(self, port: Any) -> Any:
         self.port = port
-        if not self.when_listening.called:
-            self.when_listening.callback(port)
+        self._settle(port)
         return port
 
     def _failed(self, failure: Any) -> None:
         if failure.check(CancelledError):
             return None
-        if not self.when_listening.called:
-            self.when_listening.errback(failure)
+        self._settle(failure)
         return None

@@ -6,7 +6,7 @@ for one of the configured keys, as OpenAI's clients send it.
 from __future__ import annotations
 
 import hmac
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from twisted.web.resource import Resource
 
@@ -73,13 +73,13 @@ class KeyedResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, inner: Any, keys: Callable[[], Iterable[bytes]]) -> None:
+    def __init__(self, inner: Any, keys: Callable[[], Sequence[bytes]]) -> None:
         super().__init__()
         self._inner = inner
         self._keys = keys
 
     def render(self, request: Any) -> Any:
-        keys = tuple(self._keys())
+        keys = self._keys()
         if keys and needs_key(request):
             key = presented_key(request)
             if key is None:
@@ -107,6 +107,7 @@ class ApiKeys:
         self._given = tuple(key.encode("utf-8") for key in keys if key)
         self.path = path
         self._from_file: tuple[bytes, ...] = ()
+        self._all = self._given
         if path is not None:
             self.reload()
 
@@ -123,9 +124,10 @@ class ApiKeys:
         self._from_file = tuple(
             line.strip() for line in lines if line.strip() and not line.strip().startswith(b"#")
         )
+        self._all = self._given + self._from_file
 
     def __call__(self) -> tuple[bytes, ...]:
-        return self._given + self._from_file
+        return self._all
 
     def __bool__(self) -> bool:
         return bool(self._given or self.path is not None)

@@ -84,7 +84,8 @@ class ForwardedResource(Resource):
 
     def render(self, request: Any) -> Any:
         headers = request.requestHeaders
-        if any(headers.hasHeader(name) for name in FORWARDED_HEADERS):
+        has = headers.hasHeader
+        if has(b"x-forwarded-for") or has(b"x-forwarded-proto") or has(b"x-forwarded-host"):
             if self._proxies.trusts_peer(request.getClientAddress()):
                 self._believe(request)
             else:

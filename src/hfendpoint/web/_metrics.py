@@ -1,6 +1,7 @@
 """
 Prometheus metrics of the HTTP side: every answer counted by endpoint and
-status and timed, and the C{/metrics} page itself.
+status and timed (by the site, as it finishes a request), and the
+C{/metrics} page itself.
 
 Everything else (queues, workers, the image store) is read from the
 gateway's own state when Prometheus scrapes, by a collector the service
@@ -9,13 +10,15 @@ registers, so that it costs nothing per request.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import time
+from typing import Any, Callable, Optional
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from twisted.web.resource import Resource
 
 METRICS_PATH = b"/metrics"
+_METHODS = frozenset({b"GET", b"POST", b"DELETE", b"HEAD", b"OPTIONS", b"PUT", b"PATCH"})
 
 #: Paths counted under their own name; any other is a route template or
 #: C{other}, so that no client can grow the number of series.
@@ -105,6 +108,16 @@ class HTTPMetrics:
         )
         self._children: dict[tuple, Any] = {}
 
+    def finished(self, request: Any, now: float) -> None:
+        """
+        Count and time C{request}, which the site has just finished
+        (L{GatewaySite.log}, called for every finished request: no
+        per-request callback is needed).
+        """
+        method = request.method.decode("ascii", "replace") if request.method in _METHODS else "other"
+        started = getattr(request, "started", None)
+        self.answered(endpoint_of(request.path), method, request.code, now - started if started else 0.0)
+
     def answered(self, endpoint: str, method: str, status: int, seconds: float) -> None:
         key = (endpoint, method, status)
         children = self._children.get(key)
@@ -131,14 +144,31 @@ class HTTPMetrics:
             self.completion_tokens.labels(endpoint).inc(completion)
 
 
+def metrics_of(request: Any) -> Optional["HTTPMetrics"]:
+    """
+    The metrics of the site serving C{request}, if it keeps any.
+    """
+    return getattr(getattr(request, "site", None), "metrics", None)
+
+
 def record_usage(request: Any, usage: Any) -> None:
     """
     Count the tokens of an answer's C{usage} against C{request}'s endpoint,
     when metrics are kept.
     """
-    recorder = getattr(request, "metrics", None)
-    if recorder is not None and usage:
-        recorder.usage(usage)
+    metrics = metrics_of(request)
+    if metrics is not None and usage:
+        metrics.usage(endpoint_of(request.path), usage)
+
+
+def stream_timer(request: Any, clock: Callable[[], float] = time.time) -> Optional["StreamTimer"]:
+    """
+    A timer of the events of C{request}'s stream, when metrics are kept.
+    """
+    metrics = metrics_of(request)
+    if metrics is None:
+        return None
+    return StreamTimer(metrics, endpoint_of(request.path), clock, getattr(request, "started", None) or clock())
 
 
 class StreamTimer:
@@ -191,55 +221,3 @@ class MetricsResource(Resource):
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
         request.setHeader(b"content-length", b"%d" % len(body))
         return body
-
-
-class MeasuredResource(Resource):
-    """
-    Counts and times every answer of C{inner}.
-
-    A request's L{RequestRecorder} (C{request.metrics}) is there for the
-    parts that know more: the usage of an answer, the events of a stream.
-    """
-
-    isLeaf = True
-
-    def __init__(self, inner: Any, metrics: HTTPMetrics, clock: Callable[[], float]) -> None:
-        super().__init__()
-        self._inner = inner
-        self._metrics = metrics
-        self._clock = clock
-
-    def render(self, request: Any) -> Any:
-        started = self._clock()
-        endpoint = endpoint_of(request.path)
-        metrics = self._metrics
-        request.metrics = RequestRecorder(metrics, endpoint, self._clock, started)
-        request.notifyFinish().addBoth(self._answered, request, endpoint, started)
-        return self._inner.render(request)
-
-    def _answered(self, result: Any, request: Any, endpoint: str, started: float) -> None:
-        method = request.method.decode("ascii", "replace") if request.method in _METHODS else "other"
-        self._metrics.answered(endpoint, method, request.code, self._clock() - started)
-
-
-_METHODS = frozenset({b"GET", b"POST", b"DELETE", b"HEAD", b"OPTIONS", b"PUT", b"PATCH"})
-
-
-class RequestRecorder:
-    """
-    What a request's handlers report of it: its usage, its stream.
-    """
-
-    __slots__ = ("_metrics", "endpoint", "_clock", "_started")
-
-    def __init__(self, metrics: HTTPMetrics, endpoint: str, clock: Callable[[], float], started: float) -> None:
-        self._metrics = metrics
-        self.endpoint = endpoint
-        self._clock = clock
-        self._started = started
-
-    def usage(self, usage: Any) -> None:
-        self._metrics.usage(self.endpoint, usage)
-
-    def stream(self) -> StreamTimer:
-        return StreamTimer(self._metrics, self.endpoint, self._clock, self._started)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from http import HTTPStatus
 from inspect import signature
+import time
 from typing import Any, Callable, Optional, TextIO, Union
 
 from twisted.web.http import RESPONSES, datetimeToLogString
@@ -169,6 +170,8 @@ class GatewaySite(Site):
         self.body_rate_grace = body_rate_grace
         self.access_log = access_log
         self.flusher = flusher
+        #: The L{HTTPMetrics} every finished request is counted in, if any.
+        self.metrics: Any = None
         self._line = logFormatter or combined_line
         self._stream: Optional[AccessLog] = None
         self._second: Optional[int] = None
@@ -186,6 +189,8 @@ class GatewaySite(Site):
         super().stopFactory()
 
     def log(self, request: Any) -> None:
+        if self.metrics is not None:
+            self.metrics.finished(request, time.time())
         if not self.access_log:
             return
         stream = self._stream

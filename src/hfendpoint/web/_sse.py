@@ -12,6 +12,7 @@ from zope.interface import implementer
 
 from hfendpoint.web._coalescing import TurnFlusher
 from hfendpoint.web._json import dumps
+from hfendpoint.web._metrics import record_usage, stream_timer
 
 _log = Logger()
 
@@ -60,8 +61,7 @@ class EventStream:
         self._paused = False
         self.started = False
         self.closed = False
-        recorder = getattr(request, "metrics", None)
-        self._timer = recorder.stream() if recorder is not None else None
+        self._timer = stream_timer(request)
         request.notifyFinish().addErrback(self._gone)
         request.registerProducer(self, True)
 
@@ -96,7 +96,7 @@ class EventStream:
             response = value.get("response")
             usage = response.get("usage") if type(response) is dict else None
         if usage:
-            self._request.metrics.usage(usage)
+            record_usage(self._request, usage)
 
     def write_raw(self, data: bytes) -> None:
         if self.closed:
