@@ -234,13 +234,13 @@ class ListenerOutcomeTests(SynchronousTestCase):
         from twisted.internet.defer import fail
         from twisted.internet.error import CannotListenError
 
-        from hfendpoint.service._service import _RecordingEndpointService
+        from hfendpoint.service._listeners import RecordingEndpointService
 
         class Taken:
             def listen(self, factory):
                 return fail(CannotListenError("127.0.0.1", 80, OSError("in use")))
 
-        listener = _RecordingEndpointService(Taken(), object())
+        listener = RecordingEndpointService(Taken(), object())
         early = listener.when_listening()
         listener.startService()
         late = listener.when_listening()
@@ -250,7 +250,7 @@ class ListenerOutcomeTests(SynchronousTestCase):
     def test_port_for_every_caller(self):
         from twisted.internet.defer import succeed
 
-        from hfendpoint.service._service import _RecordingEndpointService
+        from hfendpoint.service._listeners import RecordingEndpointService
 
         port = object()
 
@@ -258,7 +258,7 @@ class ListenerOutcomeTests(SynchronousTestCase):
             def listen(self, factory):
                 return succeed(port)
 
-        listener = _RecordingEndpointService(Free(), object())
+        listener = RecordingEndpointService(Free(), object())
         early = listener.when_listening()
         listener.startService()
         self.assertIs(self.successResultOf(early), port)

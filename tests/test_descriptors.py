@@ -25,6 +25,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from hfendpoint import _twisted_private
+from hfendpoint._refusing import REFUSE_PER_PASS
 from hfendpoint._twisted_private import ReservePort, listen_tcp
 from hfendpoint.backend._reserve import DescriptorReserve
 
@@ -253,7 +254,7 @@ class RefuseTests(SynchronousTestCase):
             return FakeClient(), ("127.0.0.1", 1234)
 
         self.port.refuse(OSError(errno.ENFILE, "Too many open files in system"), accept)
-        self.assertEqual(self.port.refused, _twisted_private.REFUSE_PER_PASS)
+        self.assertEqual(self.port.refused, REFUSE_PER_PASS)
 
     def test_a_reserve_that_gives_nothing_pauses_the_port(self) -> None:
         """

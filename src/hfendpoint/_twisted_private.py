@@ -39,19 +39,17 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.internet import abstract, posixbase, tcp
 from twisted.internet.protocol import Factory
 from twisted.web import http
 
+from hfendpoint._refusing import ListeningSocket, RefusingPort
+
 if TYPE_CHECKING:
     # Not imported at run time: the backend package imports this module.
     from hfendpoint.backend._reserve import DescriptorReserve
-
-#: What C{accept} fails with when the process (or the system) is out of
-#: descriptors: C{hfendpoint.backend._reserve.OUT_OF_DESCRIPTORS}.
-_OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
 
 #: The environment variable that forces the public path.
 PUBLIC_ONLY_VARIABLE = "HFENDPOINT_PUBLIC_TWISTED_ONLY"
@@ -280,10 +278,9 @@ def site_protocol(channel: http.HTTPChannel) -> Any:
 
 #: Clients refused at most in one pass of the reactor, while out of
 #: descriptors.
-REFUSE_PER_PASS = 100
 
 
-class ReservePort(tcp.Port):
+class ReservePort(RefusingPort, tcp.Port):
     """
     A TCP listening port that, when the process (or the system) is out of
     file descriptors, accepts the clients waiting and closes them at once
@@ -333,72 +330,7 @@ class ReservePort(tcp.Port):
         super().startListening()
 
     def createInternetSocket(self) -> socket.socket:
-        return _ListeningSocket(super().createInternetSocket(), self)
-
-    def refuse(self, error: OSError, accept: Callable[[], tuple[socket.socket, Any]]) -> None:
-        """
-        Close the clients waiting, with the reserve's descriptors, after
-        C{accept} (the listening socket's own) failed with C{error} for
-        want of descriptors.
-        """
-        reserve = self.descriptor_reserve
-        reserve.ran_out("close the new connections it cannot accept", error)
-        reserve.release()
-        refused = 0
-        stuck = False
-        try:
-            while refused < REFUSE_PER_PASS:
-                try:
-                    client, _ = accept()
-                except OSError as again:
-                    stuck = again.errno in _OUT_OF_DESCRIPTORS
-                    break
-                client.close()
-                refused += 1
-        finally:
-            reserve.hold()
-        self.refused += refused
-        if stuck and not refused and self._resume_call is None:
-            self.stopReading()
-            self._resume_call = self.reactor.callLater(self.pause, self._resume)
-
-    def _resume(self) -> None:
-        self._resume_call = None
-        if self.connected and not self.disconnecting:
-            self.startReading()
-
-    def connectionLost(self, reason: Any) -> None:
-        if self._resume_call is not None:
-            self._resume_call.cancel()
-            self._resume_call = None
-        super().connectionLost(reason)
-
-
-class _ListeningSocket(socket.socket):
-    """
-    The listening socket of a L{ReservePort} (the same descriptor, taken
-    over from the socket Twisted made): an C{accept} that fails for want
-    of descriptors has the port refuse the clients waiting, and then says
-    that none is left, which ends Twisted's accept loop quietly.
-    """
-
-    def __init__(self, plain: socket.socket, port: ReservePort) -> None:
-        super().__init__(plain.family, plain.type, plain.proto, fileno=plain.detach())
-        self.setblocking(False)
-        self.port = port
-
-    def accept(self) -> Any:
-        try:
-            accepted = super().accept()
-        except OSError as error:
-            if error.errno not in _OUT_OF_DESCRIPTORS:
-                raise
-            self.port.refuse(error, super().accept)
-            raise BlockingIOError(errno.EAGAIN, "out of file descriptors") from None
-        reserve = self.port.descriptor_reserve
-        if reserve.short:
-            reserve.settle()
-        return accepted
+        return ListeningSocket(super().createInternetSocket(), self)
 
 
 def _reserve_usable(reactor: Any, reserve: Optional[DescriptorReserve]) -> bool:
