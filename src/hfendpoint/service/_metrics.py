@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from hfendpoint.web._metrics import HTTPMetrics
+from hfendpoint.web._tally import HistogramTally
 
 #: Inputs per embeddings call sent to the worker.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
@@ -24,12 +25,10 @@ class GatewayMetrics(HTTPMetrics):
 
     def __init__(self, gateway: Any) -> None:
         super().__init__(CollectorRegistry())
-        self.embedding_batch_inputs = Histogram(
-            "hfendpoint_embedding_batch_inputs",
-            "Inputs in each embeddings call sent to the worker",
-            buckets=BATCH_BUCKETS,
-            registry=self.registry,
+        self.embedding_batch_inputs = HistogramTally(
+            "hfendpoint_embedding_batch_inputs", "Inputs in each embeddings call sent to the worker", [], BATCH_BUCKETS
         )
+        self.tallies.append(self.embedding_batch_inputs)
         self.registry.register(StateCollector(gateway))
 
 

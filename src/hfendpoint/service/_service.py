@@ -100,7 +100,7 @@ class GatewayService(MultiService):
             max_tokens=config.batch_tokens or 1,
             # Without batching, every call goes at once.
             max_concurrent=workers if config.batch_tokens else 2**31,
-            on_batch=self.metrics.embedding_batch_inputs.observe if self.metrics is not None else None,
+            on_batch=self.metrics.embedding_batch_inputs.of(()).observe if self.metrics is not None else None,
         )
         self.api = GatewayApp(
             self.client,

@@ -13,9 +13,11 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Optional
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from twisted.web.resource import Resource
+
+from hfendpoint.web._tally import CounterTally, HistogramTally, TallyCollector
 
 METRICS_PATH = b"/metrics"
 _METHODS = frozenset({b"GET", b"POST", b"DELETE", b"HEAD", b"OPTIONS", b"PUT", b"PATCH"})
@@ -62,51 +64,54 @@ class HTTPMetrics:
     """
     The metric families that the HTTP side records, in one registry of
     the gateway's own (never the process's global one, which an embedding
-    application may use).
+    application may use). They are tallies (L{hfendpoint.web._tally}):
+    plain numbers while serving, Prometheus families when scraped.
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.requests = Counter(
+        self.requests = CounterTally(
             "hfendpoint_requests",
             "HTTP requests answered, by endpoint, method and status (429: refused by admission control)",
             ["endpoint", "method", "status"],
-            registry=registry,
         )
-        self.duration = Histogram(
+        self.duration = HistogramTally(
             "hfendpoint_request_duration_seconds",
             "Time from a request's arrival to the end of its answer",
             ["endpoint"],
-            buckets=DURATION_BUCKETS,
-            registry=registry,
+            DURATION_BUCKETS,
         )
-        self.time_to_first_token = Histogram(
+        self.time_to_first_token = HistogramTally(
             "hfendpoint_time_to_first_token_seconds",
             "Time from a streamed request's arrival to its first event",
             ["endpoint"],
-            buckets=DURATION_BUCKETS,
-            registry=registry,
+            DURATION_BUCKETS,
         )
-        self.time_between_tokens = Histogram(
+        self.time_between_tokens = HistogramTally(
             "hfendpoint_time_between_tokens_seconds",
             "Time between two writes of events to a stream",
             ["endpoint"],
-            buckets=TOKEN_GAP_BUCKETS,
-            registry=registry,
+            TOKEN_GAP_BUCKETS,
         )
-        self.prompt_tokens = Counter(
+        self.prompt_tokens = CounterTally(
             "hfendpoint_prompt_tokens",
             "Prompt tokens of answered requests, as their usage reports them",
             ["endpoint"],
-            registry=registry,
         )
-        self.completion_tokens = Counter(
+        self.completion_tokens = CounterTally(
             "hfendpoint_completion_tokens",
             "Completion tokens of answered requests, as their usage reports them",
             ["endpoint"],
-            registry=registry,
         )
-        self._children: dict[tuple, Any] = {}
+        self.tallies: list[Any] = [
+            self.requests,
+            self.duration,
+            self.time_to_first_token,
+            self.time_between_tokens,
+            self.prompt_tokens,
+            self.completion_tokens,
+        ]
+        registry.register(TallyCollector(self.tallies))
 
     def finished(self, request: Any, now: float) -> None:
         """
@@ -119,15 +124,8 @@ class HTTPMetrics:
         self.answered(endpoint_of(request.path), method, request.code, now - started if started else 0.0)
 
     def answered(self, endpoint: str, method: str, status: int, seconds: float) -> None:
-        key = (endpoint, method, status)
-        children = self._children.get(key)
-        if children is None:
-            children = self._children[key] = (
-                self.requests.labels(endpoint, method, str(status)),
-                self.duration.labels(endpoint),
-            )
-        children[0].inc()
-        children[1].observe(seconds)
+        self.requests.add((endpoint, method, str(status)))
+        self.duration.of((endpoint,)).observe(seconds)
 
     def usage(self, endpoint: str, usage: Any) -> None:
         """
@@ -139,9 +137,9 @@ class HTTPMetrics:
         prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
         completion = usage.get("completion_tokens", usage.get("output_tokens"))
         if isinstance(prompt, int) and prompt > 0:
-            self.prompt_tokens.labels(endpoint).inc(prompt)
+            self.prompt_tokens.add((endpoint,), prompt)
         if isinstance(completion, int) and completion > 0:
-            self.completion_tokens.labels(endpoint).inc(completion)
+            self.completion_tokens.add((endpoint,), completion)
 
 
 def metrics_of(request: Any) -> Optional["HTTPMetrics"]:
@@ -177,7 +175,7 @@ class StreamTimer:
     next ones from the one before.
     """
 
-    __slots__ = ("_metrics", "_endpoint", "_clock", "_last", "_first")
+    __slots__ = ("_metrics", "_endpoint", "_clock", "_last", "_first", "_gaps")
 
     def __init__(self, metrics: HTTPMetrics, endpoint: str, clock: Callable[[], float], started: float) -> None:
         self._metrics = metrics
@@ -185,12 +183,15 @@ class StreamTimer:
         self._clock = clock
         self._last = started
         self._first = True
+        self._gaps = metrics.time_between_tokens.of((endpoint,))
 
     def event(self) -> None:
         now = self._clock()
-        histogram = self._metrics.time_to_first_token if self._first else self._metrics.time_between_tokens
-        histogram.labels(self._endpoint).observe(now - self._last)
-        self._first = False
+        if self._first:
+            self._metrics.time_to_first_token.of((self._endpoint,)).observe(now - self._last)
+            self._first = False
+        else:
+            self._gaps.observe(now - self._last)
         self._last = now
 
 
