@@ -67,6 +67,47 @@ class SlowHeadTests(HTTPTestCase):
         self.assertTrue(client.closed)
 
 
+class DeadlineTimerTests(HTTPTestCase):
+    """
+    A deadline costs a timer only when its head or body spans reads.
+    """
+
+    def deadlines(self) -> list:
+        names = {"_head_too_slow", "_check_body_rate"}
+        return [call for call in self.memory.reactor.getDelayedCalls() if call.func.__name__ in names]
+
+    def test_whole_request_in_one_read(self) -> None:
+        client = self.client()
+        made = []
+        call_later = self.memory.reactor.callLater
+
+        def recording(delay, func, *args, **kwargs):
+            made.append(getattr(func, "__name__", None))
+            return call_later(delay, func, *args, **kwargs)
+
+        self.patch(self.memory.reactor, "callLater", recording)
+        body = padded_body(200)
+        client.send(post_head(len(body)) + body)
+        self.assertNotIn("_head_too_slow", made)
+        self.assertNotIn("_check_body_rate", made)
+        self.assertEqual(self.deadlines(), [])
+        self.assertEqual([response[0] for response in client.responses()], [200])
+
+    def test_split_head_then_split_body(self) -> None:
+        client = self.client()
+        body = padded_body(200)
+        head = post_head(len(body))
+        client.send(head[:5])
+        self.assertEqual([call.func.__name__ for call in self.deadlines()], ["_head_too_slow"])
+        self.memory.advance(30)
+        client.send(head[5:] + body[:10])
+        self.assertEqual([call.func.__name__ for call in self.deadlines()], ["_check_body_rate"])
+        self.assertEqual(self.deadlines()[0].getTime(), self.memory.reactor.seconds() + 20)
+        client.send(body[10:])
+        self.assertEqual(self.deadlines(), [])
+        self.assertEqual([response[0] for response in client.responses()], [200])
+
+
 class NoHeadTimeoutTests(HTTPTestCase):
     options = {"request_head_timeout": 0, "idle_timeout": 1000.0}
 

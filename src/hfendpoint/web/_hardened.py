@@ -87,8 +87,12 @@ class HardenedChannel(CHANNEL_BASE):  # type: ignore[misc]
     _headers = 0
     _te_seen = False
     _cl_seen = False
+    #: When the head being read began, until it is whole.
+    _head_start: Optional[float] = None
     _body_call: Any = None
-    _body_start = 0.0
+    #: When the body being read began, until it is whole (and only when
+    #: its rate is checked).
+    _body_start: Optional[float] = None
     _body_received = 0
 
     def connectionMade(self) -> None:
@@ -112,11 +116,26 @@ class HardenedChannel(CHANNEL_BASE):  # type: ignore[misc]
             # The first byte of a request head (a stray CRLF between
             # requests is not one).
             self._waiting = False
-            if self._head_timeout:
-                self._head_call = self._clock.callLater(self._head_timeout, self._head_too_slow)
-        elif self._body_call is not None:
+            self._head_start = self._clock.seconds()
+        elif self._body_start is not None:
             self._body_received += len(data)
         super().dataReceived(data)
+        self._arm()
+
+    def _arm(self) -> None:
+        """
+        Set the deadline of a head or a body that the bytes read so far
+        did not complete. Most requests come whole in one read: they never
+        cost a timer, which the reactor would keep until it is cancelled.
+        """
+        if self._refused or self.transport.disconnecting:
+            return
+        if self._head_start is not None and self._head_call is None and self._head_timeout:
+            delay = self._head_start + self._head_timeout - self._clock.seconds()
+            self._head_call = self._clock.callLater(max(0.0, delay), self._head_too_slow)
+        if self._body_start is not None and self._body_call is None:
+            delay = self._body_start + self._grace - self._clock.seconds()
+            self._body_call = self._clock.callLater(max(0.0, delay), self._check_body_rate)
 
     def lineReceived(self, line: bytes) -> None:
         if self._refused:
@@ -180,7 +199,6 @@ class HardenedChannel(CHANNEL_BASE):  # type: ignore[misc]
         if self.length != 0 and self._min_rate and not self.transport.disconnecting and not self._refused:
             self._body_start = self._clock.seconds()
             self._body_received = 0
-            self._body_call = self._clock.callLater(self._grace, self._check_body_rate)
 
     def _head_too_slow(self) -> None:
         self._head_call = None
@@ -192,6 +210,7 @@ class HardenedChannel(CHANNEL_BASE):  # type: ignore[misc]
         )
 
     def _cancel_head(self) -> None:
+        self._head_start = None
         if self._head_call is not None:
             if self._head_call.active():
                 self._head_call.cancel()
@@ -219,6 +238,7 @@ class HardenedChannel(CHANNEL_BASE):  # type: ignore[misc]
         )
 
     def _cancel_body(self) -> None:
+        self._body_start = None
         if self._body_call is not None:
             if self._body_call.active():
                 self._body_call.cancel()
