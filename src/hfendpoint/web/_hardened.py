@@ -80,9 +80,8 @@ class HardenedChannel(CHANNEL_BASE):  # type: ignore[misc]
     #: Whether the channel waits for a request: its next byte starts a head.
     _waiting = True
     _head_call: Any = None
-    _head_lines = 0
-    #: The method of the request being read, once its line came.
-    _method = b""
+    #: The line of the request being read, once it came.
+    _request_line = b""
     _head_size = 0
     _headers = 0
     _te_seen = False
@@ -140,20 +139,19 @@ class HardenedChannel(CHANNEL_BASE):  # type: ignore[misc]
     def lineReceived(self, line: bytes) -> None:
         if self._refused:
             return
-        first = self._head_lines == 0
-        if line:
-            if first:
-                self._method = line.split(b" ", 1)[0]
-            self._head_lines += 1
+        before = self._head_size
+        if not before:
+            # The request line (stray empty lines before it count nothing).
+            self._request_line = line
         # The same count as Twisted's, checked first, so that it answers.
-        self._head_size += len(line)
+        self._head_size = before + len(line)
         if self._head_size > self.totalHeadersSize:
-            self._too_long(first)
+            self._too_long(not before)
             return
         super().lineReceived(line)
 
     def lineLengthExceeded(self, line: bytes) -> None:
-        self._too_long(self._head_lines == 0)
+        self._too_long(not self._head_size)
 
     def _too_long(self, first: bool) -> None:
         limit = self.totalHeadersSize
@@ -167,6 +165,9 @@ class HardenedChannel(CHANNEL_BASE):  # type: ignore[misc]
         if self._headers > self.maxHeaders:
             self.refuse(431, f"The request has more than {self.maxHeaders} headers.", "request_headers_too_large")
             return False
+        if line[:1] not in b"tTcC":
+            # Neither Transfer-Encoding nor Content-Length: most headers.
+            return super().headerReceived(line)  # type: ignore[no-any-return]
         name, _, value = line.partition(b":")
         name = name.lower()
         if name == b"transfer-encoding":
@@ -193,7 +194,7 @@ class HardenedChannel(CHANNEL_BASE):  # type: ignore[misc]
 
     def allHeadersReceived(self) -> None:
         self._cancel_head()
-        self._head_lines = self._head_size = self._headers = 0
+        self._head_size = self._headers = 0
         self._te_seen = self._cl_seen = False
         super().allHeadersReceived()
         if self.length != 0 and self._min_rate and not self.transport.disconnecting and not self._refused:
@@ -270,7 +271,7 @@ class HardenedChannel(CHANNEL_BASE):  # type: ignore[misc]
         self._cancel_head()
         self._cancel_body()
         if not self.transport.disconnecting:
-            self.write(refusal(status, message, code, head_only=self._method == b"HEAD"))
+            self.write(refusal(status, message, code, head_only=self._request_line.startswith(b"HEAD ")))
         self.loseConnection()
 
     def connectionLost(self, reason: Optional[Any] = None) -> None:
