@@ -162,3 +162,45 @@ class EndpointTests(SynchronousTestCase):
         self.assertEqual(endpoint_of(b"/v1/models/x"), "/v1/models/{model}")
         self.assertEqual(endpoint_of(b"/v1/images/a/b"), "other")
         self.assertEqual(endpoint_of(b"/anything/else"), "other")
+
+
+class FinishedTests(SynchronousTestCase):
+    def finish(self, metrics, path, method=b"POST", code=200, started=10.0):
+        class Finished:
+            pass
+
+        request = Finished()
+        request.path, request.method, request.code, request.started = path, method, code, started
+        metrics.finished(request, 10.5)
+
+    def test_counted_and_timed(self):
+        from prometheus_client import CollectorRegistry
+
+        from hfendpoint.web._metrics import HTTPMetrics
+
+        metrics = HTTPMetrics(CollectorRegistry())
+        for _ in range(3):
+            self.finish(metrics, b"/v1/embeddings")
+        self.finish(metrics, b"/v1/images/abc", method=b"GET", code=404)
+        self.finish(metrics, b"/v1/images/def", method=b"BREW", code=405)
+        value = metrics.registry.get_sample_value
+        self.assertEqual(value("hfendpoint_requests_total", {"endpoint": "/v1/embeddings", "method": "POST", "status": "200"}), 3)
+        self.assertEqual(value("hfendpoint_requests_total", {"endpoint": "/v1/images/{image_id}", "method": "GET", "status": "404"}), 1)
+        self.assertEqual(value("hfendpoint_requests_total", {"endpoint": "/v1/images/{image_id}", "method": "other", "status": "405"}), 1)
+        self.assertEqual(value("hfendpoint_request_duration_seconds_sum", {"endpoint": "/v1/embeddings"}), 1.5)
+
+    def test_clients_cannot_grow_it(self):
+        """
+        Paths the API does not have, and odd methods, are counted under
+        their templates and remembered nowhere.
+        """
+        from prometheus_client import CollectorRegistry
+
+        from hfendpoint.web._metrics import HTTPMetrics
+
+        metrics = HTTPMetrics(CollectorRegistry())
+        for i in range(100):
+            self.finish(metrics, b"/v1/images/%d" % i, method=b"GET", code=404)
+            self.finish(metrics, b"/nowhere/%d" % i, method=b"X%d" % i, code=404)
+        self.assertEqual(len(metrics._series), 0)
+        self.assertEqual(len(metrics.requests.values), 2)

@@ -112,6 +112,9 @@ class HTTPMetrics:
             self.completion_tokens,
         ]
         registry.register(TallyCollector(self.tallies))
+        #: By the path, method and status of a finished request: its
+        #: counter's key and its duration's buckets.
+        self._series: dict[tuple, tuple] = {}
 
     def finished(self, request: Any, now: float) -> None:
         """
@@ -119,13 +122,20 @@ class HTTPMetrics:
         (L{GatewaySite.log}, called for every finished request: no
         per-request callback is needed).
         """
-        method = request.method.decode("ascii", "replace") if request.method in _METHODS else "other"
         started = getattr(request, "started", None)
-        self.answered(endpoint_of(request.path), method, request.code, now - started if started else 0.0)
-
-    def answered(self, endpoint: str, method: str, status: int, seconds: float) -> None:
-        self.requests.add((endpoint, method, str(status)))
-        self.duration.of((endpoint,)).observe(seconds)
+        seconds = now - started if started else 0.0
+        key = (request.path, request.method, request.code)
+        series = self._series.get(key)
+        if series is None:
+            method = request.method.decode("ascii", "replace") if request.method in _METHODS else "other"
+            endpoint = endpoint_of(request.path)
+            series = ((endpoint, method, str(request.code)), self.duration.of((endpoint,)))
+            # Only the paths the API has are kept, so that no client can
+            # grow the dictionary.
+            if request.path in EXACT_ENDPOINTS and request.method in _METHODS:
+                self._series[key] = series
+        self.requests.add(series[0])
+        series[1].observe(seconds)
 
     def usage(self, endpoint: str, usage: Any) -> None:
         """
@@ -134,8 +144,12 @@ class HTTPMetrics:
         """
         if not isinstance(usage, dict):
             return
-        prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
-        completion = usage.get("completion_tokens", usage.get("output_tokens"))
+        prompt = usage.get("prompt_tokens")
+        if prompt is None:
+            prompt = usage.get("input_tokens")
+        completion = usage.get("completion_tokens")
+        if completion is None:
+            completion = usage.get("output_tokens")
         if isinstance(prompt, int) and prompt > 0:
             self.prompt_tokens.add((endpoint,), prompt)
         if isinstance(completion, int) and completion > 0:
