@@ -107,6 +107,8 @@ class GatewayTests(TestCase):
     # Generous: a worker imports sentence-transformers and loads the model
     # first, which is slow on a busy machine.
     timeout = 300
+    #: What runs the transformer: ONNX Runtime where it can (the default).
+    backend = "auto"
 
     async def setUp(self) -> None:
         command = [
@@ -119,6 +121,8 @@ class GatewayTests(TestCase):
             # vectors must be put back in order.
             "--batch-tokens",
             "512",
+            "--backend",
+            self.backend,
         ]
         # A long grace: the gateway takes the worker as ready only on its
         # handshake, which comes once the model is loaded.
@@ -218,6 +222,14 @@ class GatewayTests(TestCase):
             client.embeddings.create, model="m", input=TEXTS[1], encoding_format="float"
         )
         self.assertClose([answer.data[0].embedding], expected[1:])
+
+
+class TorchGatewayTests(GatewayTests):
+    """
+    The same, with the transformer on torch.
+    """
+
+    backend = "torch"
 
 
 class EmbedderTests(SynchronousTestCase):

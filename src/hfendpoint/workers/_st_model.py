@@ -52,6 +52,9 @@ class Embedder:
 
     def __init__(self, model: Any, prompt: Optional[str] = None) -> None:
         self.model = model
+        #: What runs the model on features: the model itself, or its
+        #: forward on ONNX Runtime (L{hfendpoint.workers._st_onnx}).
+        self.forward: Any = model
         self.prompt = prompt or None
         self.truncate_dim = getattr(model, "truncate_dim", None)
         probe = model.preprocess([PROBE], prompt=self.prompt)
@@ -182,7 +185,7 @@ class Embedder:
             for key, value in features.items()
         }
         with torch.inference_mode():
-            vectors = self.model(features)["sentence_embedding"]
+            vectors = self.forward(features)["sentence_embedding"]
             if self.truncate_dim is not None:
                 vectors = vectors[..., : self.truncate_dim]
             return vectors.float().cpu().numpy()

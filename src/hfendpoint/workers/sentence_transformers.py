@@ -135,6 +135,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="start embedding texts as soon as they are tokenized, since the gateway asks for their vectors next "
         "(experimental: it measured no faster than the gateway's own batching)",
     )
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "torch", "onnx"],
+        default="auto",
+        help="what runs the transformer: onnx (ONNX Runtime, on the CPU, in float32), torch, or auto: onnx where "
+        "it can and the model gives the same vectors on it, else torch (default auto)",
+    )
     parser.add_argument("--threads", type=positive, help="torch threads on the CPU (default: the cores, shared among workers)")
     parser.add_argument("--prompt-name", help="the model's prompt to put before every text (default: its default prompt, if any)")
     parser.add_argument("--revision", help="the hub revision (branch, tag or commit) to load")
@@ -174,8 +181,11 @@ def load(args: argparse.Namespace) -> Any:
     """
     from sentence_transformers import SentenceTransformer
 
+    import torch
+
     from ._device import pick_device, set_cpu_threads, torch_dtype
     from ._st_model import Embedder, UnsupportedModel
+    from ._st_onnx import choose_forward
 
     try:
         from transformers.utils import logging as transformers_logging
@@ -201,12 +211,18 @@ def load(args: argparse.Namespace) -> Any:
         embedder = Embedder(model, prompt)
     except UnsupportedModel as error:
         raise SystemExit(f"cannot serve {args.model}: {error}")
+    forward = choose_forward(
+        args.backend, device, dtype, model, lambda texts: model.preprocess(list(texts), prompt=prompt), torch.get_num_threads()
+    )
+    if forward is not None:
+        embedder.forward = forward
     log.info(
-        "Serving %s: %s dimensions, at most %s tokens per input, %s%s",
+        "Serving %s: %s dimensions, at most %s tokens per input, %s on %s%s",
         args.model,
         embedder.dimension(),
         embedder.limit,
         dtype,
+        "ONNX Runtime" if forward is not None else "torch",
         f", prompt {prompt!r}" if prompt else "",
     )
     return embedder
