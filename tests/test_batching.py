@@ -91,3 +91,94 @@ class BatcherTests(SynchronousTestCase):
         self.answer()
         self.assertEqual(self.answer(), [[2]])
         self.assertEqual(self.successResultOf(kept), [[2.0, 1.0]])
+
+
+class HoldTests(SynchronousTestCase):
+    """
+    After a call of several callers returns, the next call is held for a
+    moment, or until as many callers wait, so that batches do not fall
+    into lock-step.
+    """
+
+    def setUp(self):
+        from twisted.internet.task import Clock
+
+        self.clock = Clock()
+        self.worker = FakeWorkerClient({"embeddings": lambda data: None})
+        self.batcher = EmbeddingBatcher(self.worker, max_tokens=100, clock=self.clock, hold=0.002)
+
+    def answer(self):
+        call = min(self.worker.pending.values(), key=lambda c: c.ident)
+        call.reply({"embeddings": [vector_of(row) for row in call.data["input"]]})
+        return call.data["input"]
+
+    def batch_of_three(self):
+        """
+        A call of one caller, then one of three callers that queued
+        behind it, answered.
+        """
+        self.batcher.embed([[0]])
+        waiting = [self.batcher.embed([[i]]) for i in range(1, 4)]
+        self.answer()
+        self.assertEqual(self.answer(), [[1], [2], [3]])
+        for d in waiting:
+            self.successResultOf(d)
+
+    def test_lone_caller_held_until_the_deadline(self):
+        self.batch_of_three()
+        d = self.batcher.embed([[9]])
+        self.assertEqual(self.worker.pending, {})
+        self.clock.advance(0.0019)
+        self.assertEqual(self.worker.pending, {})
+        self.clock.advance(0.0001)
+        self.assertEqual(self.answer(), [[9]])
+        self.successResultOf(d)
+
+    def test_released_when_as_many_wait(self):
+        self.batch_of_three()
+        self.batcher.embed([[7]])
+        self.batcher.embed([[8]])
+        self.assertEqual(self.worker.pending, {})
+        self.batcher.embed([[9]])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.answer(), [[7], [8], [9]])
+
+    def test_nothing_held_after_a_lone_caller(self):
+        self.batcher.embed([[1]])
+        self.answer()
+        self.batcher.embed([[2]])
+        self.assertEqual(len(self.worker.pending), 1)
+
+    def test_nothing_held_when_enough_wait(self):
+        """
+        Callers that queued while the call ran go at once when it returns.
+        """
+        self.batcher.embed([[0]])
+        for i in range(1, 4):
+            self.batcher.embed([[i]])
+        self.answer()
+        self.assertEqual(len(self.worker.pending), 1)
+        for i in range(4, 8):
+            self.batcher.embed([[i]])
+        self.answer()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.answer(), [[4], [5], [6], [7]])
+
+    def test_cancelled_while_held(self):
+        self.batch_of_three()
+        d = self.batcher.embed([[9]])
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.clock.advance(0.002)
+        self.assertEqual(self.worker.pending, {})
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_without_a_clock_nothing_is_held(self):
+        batcher = EmbeddingBatcher(self.worker, max_tokens=100)
+        batcher.embed([[0]])
+        for i in range(1, 4):
+            batcher.embed([[i]])
+        self.answer()
+        self.answer()
+        batcher.embed([[9]])
+        self.assertEqual(len(self.worker.pending), 1)
