@@ -8,15 +8,6 @@ sent at once. Otherwise requests wait and are sent together in one
 C{embeddings} call when a batch comes back, up to C{max_tokens} tokens
 (and C{max_inputs} inputs) per call. Each caller gets its own rows, in
 its own order.
-
-Under a steady load of many callers, sending the next call the moment
-one returns puts the batches in lock-step: what waits then is the one or
-two callers that came back first, the rest of those just answered being
-still on their way (client, HTTP, tokenize), so the worker sees calls of
-one caller and of all the others in turn, and the lone one costs a whole
-pass of the model. After a call of several callers returns, the next
-one is held for up to C{hold} seconds (given a clock), or until as many
-callers wait. Idle, or after a call of one caller, nothing is held.
 """
 
 from __future__ import annotations
@@ -24,7 +15,6 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from hfendpoint.errors import worker_failed
@@ -41,20 +31,12 @@ class _Waiter:
         self.deferred = deferred
 
 
-#: Two milliseconds: the callers of a batch just answered come back within
-#: about one, where a pass of the model takes ten or more.
-DEFAULT_HOLD = 0.002
-
-
 class EmbeddingBatcher:
     """
     @ivar batches: how many worker calls were made (for tests and figures).
 
     @param on_batch: told the number of inputs of each call it sends (the
         metrics' histogram of batch sizes).
-    @param clock: what times the hold; without it, nothing is held.
-    @param hold: the most seconds the next call is held after a call of
-        several callers returned (see the module's docstring).
     """
 
     def __init__(
@@ -64,16 +46,9 @@ class EmbeddingBatcher:
         max_inputs: int = 2048,
         max_concurrent: int = 1,
         on_batch: Optional[Callable[[int], object]] = None,
-        clock: Optional[IReactorTime] = None,
-        hold: float = DEFAULT_HOLD,
     ) -> None:
         self._client = client
         self._on_batch = on_batch
-        self._clock = clock
-        self.hold = hold
-        self._held: Optional[IDelayedCall] = None
-        #: While held: how many callers waiting end the hold.
-        self._expected = 0
         self.max_tokens = max_tokens
         self.max_inputs = max_inputs
         self.max_concurrent = max_concurrent
@@ -88,10 +63,7 @@ class EmbeddingBatcher:
         """
         waiter = _Waiter(tokens, Deferred(lambda d: self._withdraw(waiter)))
         self._queue.append(waiter)
-        if self._held is not None:
-            if len(self._queue) >= self._expected:
-                self._release()
-        elif self._in_flight < self.max_concurrent:
+        if self._in_flight < self.max_concurrent:
             self._send()
         return waiter.deferred
 
@@ -129,7 +101,7 @@ class EmbeddingBatcher:
             self._on_batch(len(rows))
         call = self._client.call(EMBEDDINGS, {"input": rows})
         call.addCallbacks(self._deliver, self._fail, callbackArgs=(batch,), errbackArgs=(batch,))
-        call.addBoth(self._next, len(batch))
+        call.addBoth(self._next)
 
     def _deliver(self, reply: Any, batch: list[_Waiter]) -> None:
         vectors: Optional[list] = reply.get("embeddings") if isinstance(reply, dict) else None
@@ -152,25 +124,7 @@ class EmbeddingBatcher:
             if not waiter.deferred.called:
                 waiter.deferred.errback(failure)
 
-    def _next(self, result: Any, callers: int) -> None:
+    def _next(self, result: Any) -> None:
         self._in_flight -= 1
-        if (
-            self._clock is not None
-            and self.hold > 0
-            and callers > 1
-            and self._held is None
-            and len(self._queue) < callers
-            and self._in_flight < self.max_concurrent
-        ):
-            self._expected = callers
-            self._held = self._clock.callLater(self.hold, self._release)
-            return
-        self._release()
-
-    def _release(self) -> None:
-        if self._held is not None:
-            if self._held.active():
-                self._held.cancel()
-            self._held = None
         while self._queue and self._in_flight < self.max_concurrent:
             self._send()

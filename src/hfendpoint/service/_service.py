@@ -101,7 +101,6 @@ class GatewayService(MultiService):
             # Without batching, every call goes at once.
             max_concurrent=workers if config.batch_tokens else 2**31,
             on_batch=self.metrics.embedding_batch_inputs.of(()).observe if self.metrics is not None else None,
-            clock=reactor,
         )
         self.api = GatewayApp(
             self.client,
