@@ -31,7 +31,7 @@ import re
 import zlib
 from collections.abc import AsyncIterator, Sequence
 from functools import lru_cache
-from typing import Any, Optional
+from typing import Any
 
 import hfendpoint
 from hfendpoint import WorkerError
@@ -41,6 +41,7 @@ from hfendpoint.workers._demo_images import (
     palette,
     vertical_gradient,
 )
+from hfendpoint.workers._tf_request import token_limit
 
 MODEL = "hfendpoint-demo"
 DEFAULT_DIMENSION = 384
@@ -248,20 +249,6 @@ def compose_reply(said: str) -> str:
     if not said:
         return "Hello! You said nothing."
     return f"Hello! You said: {said}"
-
-
-def token_limit(data: dict[str, Any]) -> Optional[int]:
-    """
-    The most tokens the client will take; the newer OpenAI name wins.
-    """
-    for key in ("max_completion_tokens", "max_tokens"):
-        value = data.get(key)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise WorkerError(f"{key} must be a non-negative integer")
-        return value
-    return None
 
 
 @hfendpoint.handler("chat_completions")
