@@ -67,6 +67,23 @@ class SlowHeadTests(HTTPTestCase):
         self.assertTrue(client.closed)
 
 
+class HeadThenSlowTests(HTTPTestCase):
+    def test_refusal_after_a_head_request_has_its_body(self) -> None:
+        """
+        The 408 of a request whose line has not come yet has a body, even
+        when the request before it on the connection was a C{HEAD}.
+        """
+        client = self.client()
+        client.send(b"HEAD /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertIn(b"HTTP/1.1 200 OK", client.transport.value())
+        client.send(b"G")
+        self.memory.advance(60)
+        self.assertTrue(client.closed)
+        _, _, refusal = client.transport.value().partition(b"HTTP/1.1 408 Request Timeout")
+        _, _, body = refusal.partition(b"\r\n\r\n")
+        self.assertIn(b"request_timeout", body)
+
+
 class DeadlineTimerTests(HTTPTestCase):
     """
     A deadline costs a timer only when its head or body spans reads.

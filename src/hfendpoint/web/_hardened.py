@@ -251,8 +251,9 @@ class HardenedChannel(CHANNEL_BASE):  # type: ignore[misc]
 
     def requestDone(self, request: Any) -> None:
         # What arrives from now on starts the next head (Twisted hands the
-        # bytes it held back to dataReceived).
+        # bytes it held back to dataReceived), whose method is not known yet.
         self._waiting = True
+        self._request_line = b""
         super().requestDone(request)
 
     # Answers
