@@ -75,6 +75,18 @@ class ChooseTests(SynchronousTestCase):
             self.choose("onnx")
         self.assertIn("differ from torch's", str(raised.exception))
 
+    def test_session_that_does_not_load(self) -> None:
+        import onnxruntime
+
+        def refuse(*args: Any, **kwargs: Any) -> Any:
+            raise onnxruntime.capi.onnxruntime_pybind11_state.InvalidGraph("no")
+
+        self.patch(onnxruntime, "InferenceSession", refuse)
+        self.assertIsNone(self.choose("auto"))
+        with self.assertRaises(SystemExit) as raised:
+            self.choose("onnx")
+        self.assertIn("could not load it", str(raised.exception))
+
     def test_model_without_a_transformer(self) -> None:
         """
         A C{StaticEmbedding} model has no transformer to export: torch.

@@ -12,8 +12,8 @@ transformer's token embeddings. Before it serves, the exported module is
 checked against torch on a few texts; a model that does not export, or
 does not give the same vectors, is served by torch instead.
 
-Text-embeddings-inference and Infinity make the same choice on CPUs
-(ONNX Runtime, or an engine of their own, before eager torch).
+Text-embeddings-inference runs models on ONNX Runtime on CPUs for the
+same reason; Infinity offers it as one of its engines.
 """
 
 from __future__ import annotations
@@ -111,7 +111,10 @@ class OnnxForward:
             path = os.path.join(directory, "model.onnx")
             _export(wrapped, [probe[name] for name in self.names], self.names, path)
             # The session holds the model in memory: the file can go.
-            self._session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+            try:
+                self._session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+            except Exception as error:  # onnxruntime's own exceptions have no common base
+                raise NotExportable(f"ONNX Runtime could not load it ({type(error).__name__}: {error})") from error
 
     def __call__(self, features: dict[str, Any]) -> dict[str, Any]:
         inputs = {name: features[name].numpy() for name in self.names}
