@@ -106,9 +106,6 @@ class OnnxForward:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        # Its threads sleep between runs rather than spin: the gateway,
-        # the tokenizer and the event loop share the same cores.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         with tempfile.TemporaryDirectory(prefix="hfendpoint-onnx-") as directory:
             path = os.path.join(directory, "model.onnx")

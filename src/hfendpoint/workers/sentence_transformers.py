@@ -216,9 +216,6 @@ def load(args: argparse.Namespace) -> Any:
     )
     if forward is not None:
         embedder.forward = forward
-        # Torch runs only the pooling and the normalisation now: one
-        # thread, rather than a second pool beside ONNX Runtime's.
-        torch.set_num_threads(1)
     log.info(
         "Serving %s: %s dimensions, at most %s tokens per input, %s on %s%s",
         args.model,
@@ -234,9 +231,6 @@ def load(args: argparse.Namespace) -> Any:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     logging.basicConfig(format="%(name)s %(levelname)s: %(message)s", level=logging.INFO)
     args = parse_args(argv)
-    # The model takes every core; the tokenizer, on a thread of its own
-    # beside it, must not fan out over them too.
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if "HFENDPOINT_FD" not in os.environ:
         # Found out now rather than after loading the model.
         raise SystemExit("this program is an hfendpoint worker; start it through the hfendpoint gateway")
