@@ -319,3 +319,113 @@ class UnitTests(SynchronousTestCase):
         self.assertTrue(is_json(b"application/merge-patch+json"))
         self.assertFalse(is_json(b"text/plain"))
         self.assertFalse(is_json(b"text/json+x"))
+
+
+class KeySourcesTests(SynchronousTestCase):
+    """
+    Where keys come from besides C{--api-key}: C{HFENDPOINT_API_KEY}, and
+    the key file read again on SIGHUP, for the command and twistd alike.
+    """
+
+    def configs(self, argv):
+        from hfendpoint.service._cli import build_parser, listen_descriptions
+        from hfendpoint.service._options import build_config
+        from hfendpoint.service._tap import Options
+
+        args = build_parser().parse_args(argv)
+        options = Options()
+        options.parseOptions(argv)
+        return build_config(vars(args), None, listen_descriptions(args), True), options["config"]
+
+    def test_environment_variable(self):
+        import os
+
+        self.patch(os, "environ", {**os.environ, "HFENDPOINT_API_KEY": "sk-env"})
+        for config in self.configs(["--api-key", "sk-flag"]):
+            self.assertEqual(config.api_keys, ("sk-flag", "sk-env"))
+
+    def test_no_environment_variable(self):
+        import os
+
+        self.patch(os, "environ", {k: v for k, v in os.environ.items() if k != "HFENDPOINT_API_KEY"})
+        for config in self.configs([]):
+            self.assertEqual(config.api_keys, ())
+
+    def test_sighup_reads_the_file_again(self):
+        import signal
+
+        from hfendpoint.service import _cli
+
+        installed = {}
+        self.patch(signal, "signal", lambda number, handler: installed.__setitem__(number, handler))
+
+        class Reactor:
+            def callFromThread(self, f, *args):
+                f(*args)
+
+        class Gateway:
+            reloads = 0
+
+            class api_keys:
+                path = "keys.txt"
+
+            def reload_api_keys(self):
+                self.reloads += 1
+
+        gateway = Gateway()
+        _cli.reload_keys_on_hangup(Reactor(), gateway)
+        installed[signal.SIGHUP](signal.SIGHUP, None)
+        self.assertEqual(gateway.reloads, 1)
+
+    def test_no_file_no_handler(self):
+        import signal
+
+        from hfendpoint.service import _cli
+
+        installed = {}
+        self.patch(signal, "signal", lambda number, handler: installed.__setitem__(number, handler))
+
+        class Gateway:
+            class api_keys:
+                path = None
+
+        _cli.reload_keys_on_hangup(object(), Gateway())
+        self.assertEqual(installed, {})
+
+
+class KeysNotLoggedTests(TestCase):
+    async def test_keys_in_no_log(self):
+        """
+        Neither the access log nor any log event shows a key, right or
+        wrong, whichever header carried it.
+        """
+        import io
+
+        from twisted.internet import reactor
+        from twisted.internet.task import deferLater
+        from twisted.logger import globalLogPublisher
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        log = io.StringIO()
+        url, _ = await start_gateway(self, api_keys=["sk-right-key-123"], access_log=log)
+        http = http_client(self)
+        for headers in (
+            {"Authorization": ["Bearer sk-right-key-123"]},
+            {"Authorization": ["Bearer sk-wrong-key-456"]},
+            {"X-Api-Key": ["sk-right-key-123"]},
+            {"X-Api-Key": ["sk-wrong-key-456"]},
+        ):
+            response = await http.post(url + "/v1/chat/completions", json.dumps(CHAT).encode(), headers={**JSON, **headers})
+            await response.content()
+        for _ in range(100):
+            if len(log.getvalue().splitlines()) >= 4:
+                break
+            await deferLater(reactor, 0, lambda: None)
+        self.assertEqual(len(log.getvalue().splitlines()), 4)
+        from twisted.logger import formatEvent
+
+        written = log.getvalue() + "\n".join(formatEvent(event) + repr(event) for event in events)
+        for key in ("sk-right-key-123", "sk-wrong-key-456"):
+            self.assertNotIn(key, written)
