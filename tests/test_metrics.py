@@ -204,3 +204,43 @@ class FinishedTests(SynchronousTestCase):
             self.finish(metrics, b"/nowhere/%d" % i, method=b"X%d" % i, code=404)
         self.assertEqual(len(metrics._series), 0)
         self.assertEqual(len(metrics.requests.values), 2)
+
+
+class MemoryMetricsTests(SynchronousTestCase):
+    """
+    What a whole gateway in memory counts: admission control's 429s, and
+    how the worker last ended.
+    """
+
+    def setUp(self):
+        from .gateway import start_memory_gateway
+
+        self.memory = start_memory_gateway(self)
+
+    def scrape(self):
+        from prometheus_client.exposition import generate_latest
+
+        return samples(generate_latest(self.memory.service.metrics.registry).decode())
+
+    def test_429_counted(self):
+        from .test_http_framing import RawClient
+
+        admission = self.memory.service.admission
+        admission.max_in_flight = 0
+        admission.max_waiting = 0
+        client = RawClient(self, self.memory)
+        client.send(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        self.assertEqual(client.responses()[0][0], 429)
+        key = ("hfendpoint_requests_total", (("endpoint", "/v1/embeddings"), ("method", "POST"), ("status", "429")))
+        self.assertEqual(self.scrape()[key], 1)
+
+    def test_worker_exit(self):
+        self.assertEqual(self.scrape()[("hfendpoint_worker_up", (("worker", "0"),))], 1)
+        self.memory.spawner.processes[-1].exit()
+        self.memory.flush()
+        found = self.scrape()
+        self.assertEqual(found[("hfendpoint_worker_up", (("worker", "0"),))], 0)
+        exits = [key for key in found if key[0] == "hfendpoint_worker_last_exit_info"]
+        self.assertEqual(len(exits), 1)
+        self.assertEqual(found[exits[0]], 1)
+        self.assertIn(("worker", "0"), exits[0][1])
