@@ -125,6 +125,79 @@ class DeadlineTimerTests(HTTPTestCase):
         self.assertEqual([response[0] for response in client.responses()], [200])
 
 
+class IdleTests(HTTPTestCase):
+    """
+    A connection that sends nothing for C{idle_timeout} seconds while no
+    request of its is being served is closed, as by Twisted's own channel;
+    with one timer per connection, not one per request.
+    """
+
+    options = {"idle_timeout": 10.0, "handlers": {"chat_completions": lambda data: None}}
+
+    def test_silent_client_is_closed(self) -> None:
+        client = self.client()
+        self.memory.advance(9.9)
+        self.assertFalse(client.closed)
+        self.memory.advance(0.1)
+        self.assertTrue(client.closed)
+        self.assertEqual(client.responses(), [])
+
+    def test_each_request_starts_it_again(self) -> None:
+        client = self.client()
+        for _ in range(3):
+            client.send(HEAD)
+            self.memory.advance(6)
+        self.assertFalse(client.closed)
+        self.assertEqual([response[0] for response in client.responses()], [200, 200, 200])
+        self.memory.advance(3.9)
+        self.assertFalse(client.closed)
+        self.memory.advance(0.1)
+        self.assertTrue(client.closed)
+
+    def test_a_byte_starts_it_again(self) -> None:
+        client = self.client()
+        self.memory.advance(8)
+        client.send(b"\r\n")
+        self.memory.advance(8)
+        self.assertFalse(client.closed)
+        self.memory.advance(2)
+        self.assertTrue(client.closed)
+
+    def test_one_timer_for_many_requests(self) -> None:
+        made = []
+        call_later = self.memory.reactor.callLater
+
+        def recording(delay, func, *args, **kwargs):
+            made.append(getattr(func, "__name__", None))
+            return call_later(delay, func, *args, **kwargs)
+
+        self.patch(self.memory.reactor, "callLater", recording)
+        client = self.client()
+        client.send(HEAD * 50)
+        self.assertEqual(len(client.responses()), 50)
+        self.assertEqual(made.count("_check_idle"), 1)
+        self.memory.advance(10)
+        self.assertTrue(client.closed)
+
+    def test_a_long_request_is_not_cut(self) -> None:
+        client = self.client()
+        body = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'
+        client.send(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        self.memory.advance(35)
+        self.assertFalse(client.closed)
+        [call] = self.memory.worker.pending.values()
+        call.reply({"content": "late", "finish_reason": "stop"})
+        self.memory.flush()
+        self.assertEqual([response[0] for response in client.responses()], [200])
+        self.memory.advance(9.9)
+        self.assertFalse(client.closed)
+        self.memory.advance(0.1)
+        self.assertTrue(client.closed)
+
+
 class NoHeadTimeoutTests(HTTPTestCase):
     options = {"request_head_timeout": 0, "idle_timeout": 1000.0}
 

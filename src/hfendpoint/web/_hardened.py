@@ -93,9 +93,10 @@ class HardenedChannel(CHANNEL_BASE):  # type: ignore[misc]
     #: its rate is checked).
     _body_start: Optional[float] = None
     _body_received = 0
+    _idle_call: Any = None
+    _idle_since = 0.0
 
     def connectionMade(self) -> None:
-        super().connectionMade()
         site = getattr(self, "site", None)
         self._clock = getattr(site, "reactor", None)
         if self._clock is None:
@@ -105,6 +106,47 @@ class HardenedChannel(CHANNEL_BASE):  # type: ignore[misc]
         self._head_timeout = getattr(site, "request_head_timeout", DEFAULT_REQUEST_HEAD_TIMEOUT)
         self._min_rate = getattr(site, "min_body_rate", DEFAULT_MIN_BODY_RATE)
         self._grace = getattr(site, "body_rate_grace", DEFAULT_BODY_RATE_GRACE)
+        super().connectionMade()
+
+    # The idle timeout
+
+    def setTimeout(self, period: Optional[float]) -> Optional[float]:
+        """
+        L{TimeoutMixin.setTimeout}, without a timer per request: Twisted's
+        channel turns its idle timeout off when a request is whole and on
+        again when it is answered, which cancelled a timer and made a new
+        one each time. Here one timer per connection checks, when it fires,
+        whether the connection was idle for the whole period, and is set
+        again for the rest of it if it was not.
+        """
+        previous = self.timeOut
+        self.timeOut = period
+        if period is not None:
+            self._idle_since = self._clock.seconds()
+            if self._idle_call is None:
+                self._idle_call = self._clock.callLater(period, self._check_idle)
+        return previous
+
+    def resetTimeout(self) -> None:
+        if self.timeOut is not None:
+            self._idle_since = self._clock.seconds()
+
+    def _check_idle(self) -> None:
+        self._idle_call = None
+        if self.timeOut is None or self._refused:
+            # Busy with a request: answering it sets the timeout again.
+            return
+        rest = self._idle_since + self.timeOut - self._clock.seconds()
+        if rest > 0:
+            self._idle_call = self._clock.callLater(rest, self._check_idle)
+            return
+        self.timeoutConnection()
+
+    def _cancel_idle(self) -> None:
+        if self._idle_call is not None:
+            if self._idle_call.active():
+                self._idle_call.cancel()
+            self._idle_call = None
 
     # The head
 
@@ -278,4 +320,5 @@ class HardenedChannel(CHANNEL_BASE):  # type: ignore[misc]
     def connectionLost(self, reason: Optional[Any] = None) -> None:
         self._cancel_head()
         self._cancel_body()
+        self._cancel_idle()
         super().connectionLost(reason)

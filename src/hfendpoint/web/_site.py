@@ -9,8 +9,10 @@ from http import HTTPStatus
 from inspect import signature
 import time
 from typing import Any, Callable, Optional, TextIO, Union
+from urllib.parse import unquote_to_bytes
 
-from twisted.web.http import RESPONSES, datetimeToLogString
+from twisted.python.failure import Failure
+from twisted.web.http import RESPONSES, datetimeToLogString, datetimeToString
 from twisted.web.server import Request, Site
 
 from hfendpoint._twisted_private import DIRECT, site_protocol
@@ -64,11 +66,29 @@ class LimitedRequest(Request):
             message = _reason(code)
         super().setResponseCode(code, message)
 
-    def render(self, resrc: Any) -> None:
-        # Twisted's Request.process has just set Server to its own name
-        # and version.
-        self.setHeader(b"server", SERVER)
-        super().render(resrc)
+    def process(self) -> None:
+        """
+        Twisted's C{Request.process}, but for two headers: C{Server} says
+        only L{SERVER}, and C{Date} is formatted once a second by the site
+        rather than once a request. Its only other difference: the site's
+        resources do not encode their answers (no
+        L{twisted.web.server.GzipEncoderFactory} wrapper), so none is
+        looked for.
+        """
+        if self.path == b"*":
+            # Twisted's own answer to "OPTIONS *".
+            super().process()
+            return
+        self.site = site = self.channel.site
+        headers = self.responseHeaders
+        headers.setRawHeaders(b"server", [SERVER])
+        headers.setRawHeaders(b"date", [site.http_date()])
+        self.prepath = []
+        self.postpath = list(map(unquote_to_bytes, self.path[1:].split(b"/")))
+        try:
+            self.render(site.getResourceFor(self))
+        except BaseException:
+            self.processingFailed(Failure())
 
     def gotLength(self, length: Optional[int]) -> None:
         limit = self.channel.site.max_body_size
@@ -176,6 +196,18 @@ class GatewaySite(Site):
         self._stream: Optional[AccessLog] = None
         self._second: Optional[int] = None
         self._timestamp = ""
+        self._date_second: Optional[int] = None
+        self._date = b""
+
+    def http_date(self) -> bytes:
+        """
+        The C{Date} header of an answer given now, formatted once a second.
+        """
+        second = int(self.reactor.seconds())
+        if second != self._date_second:
+            self._date_second = second
+            self._date = datetimeToString(second)
+        return self._date
 
     def startFactory(self) -> None:
         super().startFactory()
