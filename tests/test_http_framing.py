@@ -179,6 +179,37 @@ class SmugglingTests(HTTPTestCase):
         self.assertFalse(client.closed)
 
 
+    def test_plain_request_then_an_ambiguous_one_in_the_same_read(self) -> None:
+        """
+        A head passed whole at the start of a read lets only itself through
+        unchecked: the one pipelined after it in the same read is checked.
+        """
+        client = self.client()
+        ambiguous = (
+            b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n"
+            b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n"
+        )
+        client.send(PIPELINED + ambiguous + PIPELINED)
+        responses = client.responses()
+        self.assertEqual([response[0] for response in responses], [200, 400])
+        self.assertOpenAIError(responses[1], 400, "invalid_transfer_encoding")
+        self.assertTrue(client.closed)
+
+    def test_framing_words_in_other_headers_are_served(self) -> None:
+        """
+        A head that spells a framing header's name elsewhere is checked
+        line by line, and served.
+        """
+        client = self.client()
+        body = b'{"input": "hello", "model": "m"}'
+        client.send(
+            b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nX-Note: transfer-encoding, content-length\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body) + PIPELINED
+        )
+        self.assertEqual([response[0] for response in client.responses()], [200, 200])
+        self.assertFalse(client.closed)
+
+
 class LimitTests(HTTPTestCase):
     """
     A request line or head over Twisted's limits gets a 414 or a 431
