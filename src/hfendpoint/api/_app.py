@@ -89,7 +89,12 @@ class GatewayApp:
         body = endpoint.read(request)
         checked = endpoint.body.validate(body)
         context = Context(self.client, self.batcher, self.store, self.model_name, self._now(), request)
-        return await respond(request, await endpoint.serve(context, body, checked))
+        answer = respond(request, await endpoint.serve(context, body, checked))
+        if answer is None or type(answer) is bytes:
+            return answer
+        # A stream: its events are written as they come.
+        await answer
+        return None
 
     def _render_failure(self, request: Any, failure: Any) -> Optional[bytes]:
         """

@@ -120,12 +120,12 @@ class Endpoint:
     content_type: str = "application/json"
 
 
-async def respond(request: Any, reply: Reply) -> Optional[bytes]:
+def respond(request: Any, reply: Reply) -> Union[Optional[bytes], Awaitable[None]]:
     """
     Write C{reply} as the response to C{request}.
 
-    @return: the body for the router to write, or C{None} when it is
-        written already.
+    @return: the body for the router to write, C{None} when it is written
+        already, or, for a L{Stream}, what to wait on while it runs.
     """
     if type(reply) is dict:
         record_usage(request, reply.get("usage"))
@@ -138,6 +138,10 @@ async def respond(request: Any, reply: Reply) -> Optional[bytes]:
         request.setHeader(b"content-type", b"application/json")
         write_parts(request, reply)
         return None
+    return _run_stream(request, reply)
+
+
+async def _run_stream(request: Any, reply: Stream) -> None:
     events = EventStream(request)
     try:
         await reply.run(events)
@@ -149,5 +153,3 @@ async def respond(request: Any, reply: Reply) -> Optional[bytes]:
         events.done()
     finally:
         events.close()
-    return None
-

@@ -27,11 +27,11 @@ class IdMaker:
     """
 
     def __init__(self) -> None:
-        self._prefix = os.urandom(8).hex()
+        self._prefix = os.urandom(8).hex().encode("ascii")
         self._count = itertools.count(1)
 
-    def __call__(self) -> str:
-        return "%s%016x" % (self._prefix, next(self._count))
+    def __call__(self) -> bytes:
+        return b"%s%016x" % (self._prefix, next(self._count))
 
 
 def request_id_of(request: Any) -> str:
@@ -56,12 +56,10 @@ class RequestIdResource(Resource):
         self._new_id = IdMaker()
 
     def render(self, request: Any) -> Any:
-        given = request.getHeader(b"x-request-id")
-        if given is not None and _USABLE.match(given):
-            ident = given.decode("ascii")
-        else:
+        ident = request.getHeader(b"x-request-id")
+        if ident is None or not _USABLE.match(ident):
             ident = self._new_id()
-        request.request_id = ident
+        request.request_id = ident.decode("ascii")
         request.started = time.time()
-        request.setHeader(b"x-request-id", ident.encode("ascii"))
+        request.responseHeaders.setRawHeaders(b"x-request-id", [ident])
         return self._inner.render(request)
