@@ -27,6 +27,24 @@ class ChooseTests(SynchronousTestCase):
         model = model or reference()
         return choose_forward(backend, device, dtype or torch.float32, model, preprocess_of(model), 2)
 
+    def test_pass_overhead_follows_the_backend(self) -> None:
+        """
+        Without C{--pass-overhead}, a pass costs what it costs on the
+        backend chosen: ONNX Runtime's passes are cheaper, so rows of
+        different lengths go apart sooner.
+        """
+        from hfendpoint.workers._st_model import Embedder
+        from hfendpoint.workers.sentence_transformers import DEFAULT_OVERHEAD, ONNX_OVERHEAD, parse_args, pass_overhead
+
+        model = reference()
+        embedder = Embedder(model)
+        self.assertEqual(pass_overhead(embedder), DEFAULT_OVERHEAD)
+        embedder.forward = self.choose("onnx", model=model)
+        self.assertEqual(pass_overhead(embedder), ONNX_OVERHEAD)
+        self.assertLess(ONNX_OVERHEAD, DEFAULT_OVERHEAD)
+        self.assertIsNone(parse_args(["--model", "m"]).pass_overhead)
+        self.assertEqual(parse_args(["--model", "m", "--pass-overhead", "30"]).pass_overhead, 30)
+
     def test_auto_on_the_cpu(self) -> None:
         from hfendpoint.workers._st_onnx import OnnxForward
 
@@ -111,14 +129,16 @@ class OnnxVectorsTests(SynchronousTestCase):
     def worker(self, model: Any, prompt: Any = None) -> Any:
         from hfendpoint.workers._st_model import Embedder
         from hfendpoint.workers._st_onnx import OnnxForward, choose_forward
-        from hfendpoint.workers.sentence_transformers import Worker
+        from hfendpoint.workers.sentence_transformers import ONNX_OVERHEAD, Worker
 
         embedder = Embedder(model, prompt)
         import torch
 
         embedder.forward = choose_forward("onnx", "cpu", torch.float32, model, preprocess_of(model, prompt), 2)
         self.assertIsInstance(embedder.forward, OnnxForward)
-        worker = Worker(embedder, batch_tokens=512)
+        # With the pass overhead the worker takes on ONNX Runtime: the most
+        # passes of different lengths.
+        worker = Worker(embedder, batch_tokens=512, overhead=ONNX_OVERHEAD)
         self.addCleanup(worker.close)
         return worker
 
