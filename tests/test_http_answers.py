@@ -7,7 +7,10 @@ the status lines and headers of a few answers.
 
 from __future__ import annotations
 
+from io import BytesIO
+
 from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 
 from hfendpoint.web import GatewaySite
@@ -113,6 +116,45 @@ class HeaderTests(HTTPTestCase):
         self.assertEqual(response[1], b"Service Unavailable")
         self.assertEqual(response[2][b"retry-after"], [b"1"])
         self.assertEqual(self.logged, [])
+
+
+class DateTests(HTTPTestCase):
+    def test_date_is_the_sites_clock(self) -> None:
+        """
+        C{Date} says the time of the site's clock, formatted once a second.
+        """
+        self.memory.advance(1_000_000_000 - self.memory.reactor.seconds())
+        client = self.client()
+        client.send(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.memory.advance(0.5)
+        client.send(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.memory.advance(0.5)
+        client.send(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+        dates = [response[2][b"date"] for response in client.responses()]
+        self.assertEqual(
+            dates,
+            [[b"Sun, 09 Sep 2001 01:46:40 GMT"], [b"Sun, 09 Sep 2001 01:46:40 GMT"], [b"Sun, 09 Sep 2001 01:46:41 GMT"]],
+        )
+
+
+class ContentFileTests(TestCase):
+    """
+    Where a body is kept while it arrives: in memory when it is known to
+    be small, in a temporary file otherwise, as Twisted's own request
+    chooses.
+    """
+
+    def test_small_in_memory(self) -> None:
+        content = GatewaySite(Resource()).getContentFile(99_999)
+        self.assertIsInstance(content, BytesIO)
+
+    def test_big_or_unknown_in_a_file(self) -> None:
+        site = GatewaySite(Resource())
+        for length in (100_000, None):
+            content = site.getContentFile(length)
+            self.addCleanup(content.close)
+            self.assertNotIsInstance(content, BytesIO)
+            self.assertIsInstance(content.fileno(), int)
 
 
 class _Status(Resource):

@@ -51,7 +51,9 @@ class Input(Field):
     def check_value(self, value: Any, label: str, checked: dict) -> Any:
         if isinstance(value, str):
             value = [value]
-        elif isinstance(value, list) and value and all(is_int(v) or _integral(v) for v in value):
+        elif isinstance(value, list) and value and type(value[0]) is not list and all(
+            is_int(v) or _integral(v) for v in value
+        ):
             value = [value]
         if not isinstance(value, list):
             raise wrong_type(label, "a string or an array", value)
