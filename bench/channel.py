@@ -2,9 +2,10 @@
 """
 What the gateway's hardened HTTP channel costs over Twisted's own, per
 request, in-process: a whole small embeddings request fed to each channel
-over a StringTransport, the site's resource answering at once, time on
-the Clock of the site (so that Twisted's idle timer is made and cancelled
-as on a real reactor).
+over a StringTransport, the site's resource answering after the read (as
+the gateway answers once the worker has), time on the Clock of the site
+(so that Twisted's idle timer is made and cancelled as on a real
+reactor).
 
     python bench/channel.py [--requests 20000] [--rounds 3]
 
@@ -16,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.web import http
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from hfendpoint.web._hardened import HardenedChannel
 from hfendpoint.web._site import GatewaySite, LimitedRequest
@@ -34,10 +37,25 @@ IDLE_TIMEOUT = 75
 
 
 class Answer(Resource):
+    """
+    Answers each request once L{answer} is called, after the read.
+    """
+
     isLeaf = True
 
-    def render(self, request: object) -> bytes:
-        return b"{}"
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: list = []
+
+    def render(self, request: Any) -> object:
+        self.waiting.append(request)
+        return NOT_DONE_YET
+
+    def answer(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        for request in waiting:
+            request.write(b"{}")
+            request.finish()
 
 
 class TwistedChannel(http.HTTPChannel):
@@ -50,7 +68,8 @@ def per_request(channel_class: type, requests: int) -> float:
     """
     Microseconds a request takes on a new channel of C{channel_class}.
     """
-    site = GatewaySite(Answer(), access_log=False)
+    answer = Answer()
+    site = GatewaySite(answer, access_log=False)
     site.reactor = clock = Clock()
     channel = channel_class()
     channel.site = channel.factory = site
@@ -61,10 +80,12 @@ def per_request(channel_class: type, requests: int) -> float:
     channel.makeConnection(transport)
     for _ in range(200):
         channel.dataReceived(REQUEST)
+        answer.answer()
     transport.clear()
     started = time.perf_counter()
     for _ in range(requests):
         channel.dataReceived(REQUEST)
+        answer.answer()
         transport.clear()
     elapsed = time.perf_counter() - started
     assert channel.transport.connected and not channel.transport.disconnecting

@@ -195,6 +195,22 @@ class SmugglingTests(HTTPTestCase):
         self.assertOpenAIError(responses[1], 400, "invalid_transfer_encoding")
         self.assertTrue(client.closed)
 
+    def test_head_begun_in_the_read_before_is_checked(self) -> None:
+        """
+        A head whose first lines came in the read before, after a request
+        answered within that read, is checked line by line when the read
+        that ends it looks plain by itself.
+        """
+        client = self.client()
+        client.send(
+            PIPELINED + b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConte"
+        )
+        client.send(b"nt-Length: 5\r\n\r\n0\r\n\r\n" + PIPELINED)
+        responses = client.responses()
+        self.assertEqual([response[0] for response in responses], [200, 400])
+        self.assertOpenAIError(responses[1], 400, "invalid_transfer_encoding")
+        self.assertTrue(client.closed)
+
     def test_framing_words_in_other_headers_are_served(self) -> None:
         """
         A head that spells a framing header's name elsewhere is checked

@@ -19,8 +19,9 @@ hardened against hostile clients where Twisted's own channel is lenient:
    answered with a 400 and the connection closed before any byte after it
    is read.
 
-A head that comes whole in the first bytes of a read and is plain (no
-framing header but one Content-Length, well within the limits) is checked
+A head that comes whole in the first bytes of a read, none of it in an
+earlier read, and is plain (no framing header but one Content-Length,
+well within the limits) is checked
 at once with a few byte operations, and its lines go to Twisted unchecked
 (the channel's C{lineReceived} is Twisted's for that head, as Twisted's
 own channel replaces its C{lineReceived} on an instance); any other is
@@ -87,6 +88,12 @@ class HardenedChannel(CHANNEL_BASE):  # type: ignore[misc]
     _refused = False
     #: Whether the channel waits for a request: its next byte starts a head.
     _waiting = True
+    #: Whether Twisted's line parser holds no byte of the next head: not so
+    #: after a request answered in the middle of a read, whose rest the
+    #: parser went on reading by itself.
+    _fresh = True
+    #: Whether a read is being parsed.
+    _reading = False
     _head_call: Any = None
     #: The start of the request being read (its line at least), once it
     #: came.
@@ -169,13 +176,19 @@ class HardenedChannel(CHANNEL_BASE):  # type: ignore[misc]
             # requests is not one).
             self._waiting = False
             self._head_start = self._clock.seconds()
-            if self._plain_head(data):
+            if self._fresh and self._plain_head(data):
                 # Its lines go straight to Twisted's channel, until the
                 # head is over (allHeadersReceived).
                 self.lineReceived = self._unchecked_line
         elif self._body_start is not None:
             self._body_received += len(data)
-        super().dataReceived(data)
+        # Twisted's channel calls this again from within itself, with the
+        # bytes it held back while a request was served.
+        reading, self._reading = self._reading, True
+        try:
+            super().dataReceived(data)
+        finally:
+            self._reading = reading
         self._arm()
 
     def _plain_head(self, data: bytes) -> bool:
@@ -187,10 +200,11 @@ class HardenedChannel(CHANNEL_BASE):  # type: ignore[misc]
         whole in its first read and plain: checked here at once, in a few
         byte operations, rather than line by line. Any other head, and
         every head after the first of a read (pipelined), is checked line
-        by line.
+        by line, and so is a head that may have begun in an earlier read
+        (see L{_fresh}).
         """
         end = data.find(b"\r\n\r\n")
-        if not 0 < end < self._plain_limit or data.startswith(b"\r\n"):
+        if not 0 < end < self._plain_limit or data[:1] in b"\r\n":
             return False
         head = data[:end]
         # Lines have two bytes at least: a shorter head has few enough.
@@ -348,6 +362,10 @@ class HardenedChannel(CHANNEL_BASE):  # type: ignore[misc]
         # What arrives from now on starts the next head (Twisted hands the
         # bytes it held back to dataReceived), whose method is not known yet.
         self._waiting = True
+        # Answered outside a read, Twisted hands back every byte after the
+        # request at once: the next head starts there. Answered within
+        # one, the parser reads on past it by itself.
+        self._fresh = not self._reading
         self._request_start = b""
         super().requestDone(request)
 
