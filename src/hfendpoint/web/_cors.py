@@ -63,18 +63,20 @@ class CrossSiteResource(Resource):
         return origin is not None and (self._any or origin in self._origins)
 
     def render(self, request: Any) -> Any:
-        origin = request.getHeader(b"origin")
-        allowed = self._allowed(origin)
-        if allowed:
-            request.setHeader(b"access-control-allow-origin", b"*" if self._any else origin)
-            request.setHeader(b"access-control-expose-headers", EXPOSED_HEADERS)
+        # With no origin allowed (the default), no request is from one.
+        allowed = False
         if self._origins:
+            origin = request.getHeader(b"origin")
+            allowed = self._allowed(origin)
+            if allowed:
+                request.setHeader(b"access-control-allow-origin", b"*" if self._any else origin)
+                request.setHeader(b"access-control-expose-headers", EXPOSED_HEADERS)
             request.setHeader(b"vary", b"Origin")
-        if request.method == b"OPTIONS" and allowed and request.getHeader(b"access-control-request-method"):
-            return self._preflight(request)
-        if request.method == b"POST" and request.path not in FORM_PATHS and not allowed:
+            if request.method == b"OPTIONS" and allowed and request.getHeader(b"access-control-request-method"):
+                return self._preflight(request)
+        if request.method == b"POST" and not allowed and request.path not in FORM_PATHS:
             content_type = request.getHeader(b"content-type")
-            if content_type is not None and not is_json(content_type):
+            if content_type is not None and content_type != b"application/json" and not is_json(content_type):
                 return send_error(request, unsupported_media_type(content_type))
         return self._inner.render(request)
 
