@@ -118,6 +118,18 @@ class HeaderTests(HTTPTestCase):
         self.assertEqual(self.logged, [])
 
 
+class StarTests(HTTPTestCase):
+    def test_options_star(self) -> None:
+        client = self.client()
+        client.send(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\nGET * HTTP/1.1\r\nHost: x\r\n\r\n")
+        [options, get] = client.responses()
+        self.assertEqual((options[0], options[3]), (200, b""))
+        self.assertEqual((get[0], get[2][b"allow"]), (405, [b"OPTIONS"]))
+        for response in (options, get):
+            self.assertEqual(response[2][b"server"], [b"hfendpoint"])
+            self.assertEqual(response[2][b"content-length"], [b"0"])
+
+
 class DateTests(HTTPTestCase):
     def test_date_is_the_sites_clock(self) -> None:
         """

@@ -8,10 +8,20 @@ gateway's clock in memory.
 
 from __future__ import annotations
 
+from typing import Any
+
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+
 from hfendpoint.service._cli import build_parser, listen_descriptions
 from hfendpoint.service._options import build_config
 from hfendpoint.service._tap import Options
-from tests.test_http_framing import HTTPTestCase
+from hfendpoint.testing import demo_handlers
+from hfendpoint.web import GatewaySite
+from tests.test_http_framing import CLIENT, PIPELINED, SERVER, HTTPTestCase, RawClient
 
 HEAD = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"p" * 40 + b"\r\n\r\n"
 
@@ -196,6 +206,127 @@ class IdleTests(HTTPTestCase):
         self.assertFalse(client.closed)
         self.memory.advance(0.1)
         self.assertTrue(client.closed)
+
+
+class _LingeringTransport(StringTransport):
+    """
+    A TCP transport as a client that reads nothing leaves it: closing it
+    waits for bytes that never leave, until it is aborted.
+    """
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+        self.streaming = None
+
+
+class NonReadingClient(RawClient):
+    def __init__(self, testCase: Any, memory: Any) -> None:
+        self.memory = memory
+        self.transport = _LingeringTransport(peerAddress=CLIENT, hostAddress=SERVER)
+        self.protocol = memory.service.site.buildProtocol(CLIENT)
+        self.protocol.makeConnection(self.transport)
+        testCase.addCleanup(self.close)
+
+    def close(self) -> None:
+        if not self.transport.disconnected:
+            self.transport.disconnected = True
+            self.protocol.connectionLost(Failure(ConnectionDone()))
+
+
+class RefusedNeverReadTests(HTTPTestCase):
+    """
+    A refused client that never reads its refusal is aborted as Twisted
+    aborts any connection that will not close: its idle timeout (75 s
+    after its last byte), then C{abortTimeout} (15 s).
+    """
+
+    def test_after_a_408(self) -> None:
+        client = NonReadingClient(self, self.memory)
+        client.send(b"GET /v1/models HTTP/1.1\r\nHo")
+        self.memory.advance(60)
+        self.assertEqual(client.responses()[0][0], 408)
+        self.assertFalse(client.transport.disconnected)
+        for _ in range(40):
+            self.memory.advance(1)
+        self.assertTrue(client.transport.disconnected)
+
+    def test_after_a_400(self) -> None:
+        client = NonReadingClient(self, self.memory)
+        client.send(b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: identity\r\n\r\n")
+        self.assertEqual(client.responses()[0][0], 400)
+        for _ in range(100):
+            self.memory.advance(1)
+        self.assertTrue(client.transport.disconnected)
+
+
+BODY = b'{"input": "hello", "model": "m"}'
+POST_HEAD = (
+    b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\n\r\n" % len(BODY)
+)
+
+
+class PipelinedHeadDeadlineTests(HTTPTestCase):
+    """
+    A head read from bytes Twisted held, after a request answered within
+    the read that brought it, has its deadline cancelled once it is whole
+    like any other: its body's read is not a new head.
+    """
+
+    def test_no_408_on_an_idle_connection(self) -> None:
+        client = self.client()
+        client.send(PIPELINED + POST_HEAD)
+        client.send(BODY)
+        self.assertEqual([response[0] for response in client.responses()], [200, 200])
+        self.memory.advance(61)
+        self.assertEqual([response[0] for response in client.responses()], [200, 200])
+        self.assertFalse(client.closed)
+
+
+class PipelinedLongRequestTests(HTTPTestCase):
+    options = {"handlers": dict(demo_handlers(), embeddings=lambda data: None)}
+
+    def answer(self) -> None:
+        for call in list(self.memory.worker.pending.values()):
+            call.error("done")
+        self.memory.flush()
+
+    def test_long_request_is_not_cut(self) -> None:
+        client = self.client()
+        client.send(PIPELINED + POST_HEAD)
+        client.send(BODY)
+        self.memory.advance(61)
+        self.assertEqual([response[0] for response in client.responses()], [200])
+        self.assertFalse(client.closed)
+        self.answer()
+        self.assertEqual(len(client.responses()), 2)
+
+    def test_control_not_pipelined(self) -> None:
+        client = self.client()
+        client.send(POST_HEAD)
+        client.send(BODY)
+        self.memory.advance(61)
+        self.assertEqual(client.responses(), [])
+        self.assertFalse(client.closed)
+        self.answer()
+        self.assertEqual(len(client.responses()), 1)
+
+
+class IdleTimerGoneTests(SynchronousTestCase):
+    def test_timeout_turned_off_leaves_no_timer(self) -> None:
+        """
+        What Twisted does to the HTTP/1.1 channel it drops when a TLS
+        connection negotiates HTTP/2: C{setTimeout(None)}, and never
+        C{connectionLost}. Its timer must not stay behind.
+        """
+        reactor = MemoryReactorClock()
+        site = GatewaySite(Resource(), reactor=reactor, access_log=False, timeout=75)
+        protocol = site.buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        self.assertEqual(len(reactor.getDelayedCalls()), 1)
+        channel = getattr(protocol, "_channel", protocol)
+        channel.setTimeout(None)
+        self.assertEqual(reactor.getDelayedCalls(), [])
 
 
 class NoHeadTimeoutTests(HTTPTestCase):

@@ -111,6 +111,9 @@ class HardenedChannel(CHANNEL_BASE):  # type: ignore[misc]
     _body_received = 0
     _idle_call: Any = None
     _idle_since = 0.0
+    #: Whether a request is being served (Twisted's channel turns the idle
+    #: timeout off meanwhile).
+    _serving = False
 
     def connectionMade(self) -> None:
         site = getattr(self, "site", None)
@@ -143,6 +146,10 @@ class HardenedChannel(CHANNEL_BASE):  # type: ignore[misc]
             self._idle_since = self._clock.seconds()
             if self._idle_call is None:
                 self._idle_call = self._clock.callLater(period, self._check_idle)
+        elif not self._serving:
+            # Turned off for good: the connection is lost, or Twisted
+            # hands it to its HTTP/2 channel.
+            self._cancel_idle()
         return previous
 
     def resetTimeout(self) -> None:
@@ -151,7 +158,7 @@ class HardenedChannel(CHANNEL_BASE):  # type: ignore[misc]
 
     def _check_idle(self) -> None:
         self._idle_call = None
-        if self.timeOut is None or self._refused:
+        if self.timeOut is None:
             # Busy with a request: answering it sets the timeout again.
             return
         rest = self._idle_since + self.timeOut - self._clock.seconds()
@@ -242,6 +249,11 @@ class HardenedChannel(CHANNEL_BASE):  # type: ignore[misc]
         if not before:
             # The request line (stray empty lines before it count nothing).
             self._request_start = line
+            if line and self._waiting:
+                # A head Twisted's parser read on to by itself, after a
+                # request answered within the read that brought it.
+                self._waiting = False
+                self._head_start = self._clock.seconds()
         elif line and line[:1] not in b" \t" and not self._header_allowed(line):
             return
         # The same count as Twisted's, checked first, so that it answers.
@@ -356,11 +368,13 @@ class HardenedChannel(CHANNEL_BASE):  # type: ignore[misc]
 
     def allContentReceived(self) -> None:
         self._cancel_body()
+        self._serving = True
         super().allContentReceived()
 
     def requestDone(self, request: Any) -> None:
         # What arrives from now on starts the next head (Twisted hands the
         # bytes it held back to dataReceived), whose method is not known yet.
+        self._serving = False
         self._waiting = True
         # Answered outside a read, Twisted hands back every byte after the
         # request at once: the next head starts there. Answered within

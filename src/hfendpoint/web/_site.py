@@ -79,22 +79,35 @@ class LimitedRequest(Request):
         rather than once a request. Its only other difference: the site's
         resources do not encode their answers (no
         L{twisted.web.server.GzipEncoderFactory} wrapper), so none is
-        looked for.
+        looked for; a request for C{*} is answered as Twisted answers it.
         """
-        if self.path == b"*":
-            # Twisted's own answer to "OPTIONS *".
-            super().process()
-            return
         self.site = site = self.channel.site
         headers = self.responseHeaders
         headers.setRawHeaders(b"server", [SERVER])
         headers.setRawHeaders(b"date", [site.http_date()])
+        if self.path == b"*":
+            self._answer_star()
+            return
         self.prepath = []
         self.postpath = list(map(unquote_to_bytes, self.path[1:].split(b"/")))
         try:
             self.render(site.getResourceFor(self))
         except BaseException:
             self.processingFailed(Failure())
+
+    def _answer_star(self) -> None:
+        """
+        Twisted's answer to a request for C{*}: C{OPTIONS *} asks what the
+        server can do, and is told nothing more than a 200; any other
+        method may not ask it.
+        """
+        if self.method == b"OPTIONS":
+            self.setResponseCode(200)
+        else:
+            self.setResponseCode(405)
+            self.setHeader(b"allow", b"OPTIONS")
+        self.setHeader(b"content-length", b"0")
+        self.finish()
 
     def gotLength(self, length: Optional[int]) -> None:
         limit = self.channel.site.max_body_size
