@@ -49,9 +49,11 @@ class RawClient:
     and read as bytes.
     """
 
+    transport_class = StringTransport
+
     def __init__(self, testCase: Any, memory: Any) -> None:
         self.memory = memory
-        self.transport = StringTransport(peerAddress=CLIENT, hostAddress=SERVER)
+        self.transport = self.transport_class(peerAddress=CLIENT, hostAddress=SERVER)
         self.protocol = memory.service.site.buildProtocol(CLIENT)
         self.protocol.makeConnection(self.transport)
         testCase.addCleanup(self.close)

@@ -21,9 +21,25 @@ from hfendpoint.service._options import build_config
 from hfendpoint.service._tap import Options
 from hfendpoint.testing import demo_handlers
 from hfendpoint.web import GatewaySite
-from tests.test_http_framing import CLIENT, PIPELINED, SERVER, HTTPTestCase, RawClient
+from tests.test_http_framing import PIPELINED, HTTPTestCase, RawClient
 
 HEAD = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"p" * 40 + b"\r\n\r\n"
+
+
+def record_timers(testCase: Any) -> list:
+    """
+    The names of the functions the gateway's clock is asked to call
+    later, from now on in C{testCase}.
+    """
+    made: list = []
+    call_later = testCase.memory.reactor.callLater
+
+    def recording(delay: float, func: Any, *args: Any, **kwargs: Any) -> Any:
+        made.append(getattr(func, "__name__", None))
+        return call_later(delay, func, *args, **kwargs)
+
+    testCase.patch(testCase.memory.reactor, "callLater", recording)
+    return made
 
 
 class SlowHeadTests(HTTPTestCase):
@@ -105,14 +121,7 @@ class DeadlineTimerTests(HTTPTestCase):
 
     def test_whole_request_in_one_read(self) -> None:
         client = self.client()
-        made = []
-        call_later = self.memory.reactor.callLater
-
-        def recording(delay, func, *args, **kwargs):
-            made.append(getattr(func, "__name__", None))
-            return call_later(delay, func, *args, **kwargs)
-
-        self.patch(self.memory.reactor, "callLater", recording)
+        made = record_timers(self)
         body = padded_body(200)
         client.send(post_head(len(body)) + body)
         self.assertNotIn("_head_too_slow", made)
@@ -174,14 +183,7 @@ class IdleTests(HTTPTestCase):
         self.assertTrue(client.closed)
 
     def test_one_timer_for_many_requests(self) -> None:
-        made = []
-        call_later = self.memory.reactor.callLater
-
-        def recording(delay, func, *args, **kwargs):
-            made.append(getattr(func, "__name__", None))
-            return call_later(delay, func, *args, **kwargs)
-
-        self.patch(self.memory.reactor, "callLater", recording)
+        made = record_timers(self)
         client = self.client()
         client.send(HEAD * 50)
         self.assertEqual(len(client.responses()), 50)
@@ -220,12 +222,7 @@ class _LingeringTransport(StringTransport):
 
 
 class NonReadingClient(RawClient):
-    def __init__(self, testCase: Any, memory: Any) -> None:
-        self.memory = memory
-        self.transport = _LingeringTransport(peerAddress=CLIENT, hostAddress=SERVER)
-        self.protocol = memory.service.site.buildProtocol(CLIENT)
-        self.protocol.makeConnection(self.transport)
-        testCase.addCleanup(self.close)
+    transport_class = _LingeringTransport
 
     def close(self) -> None:
         if not self.transport.disconnected:
