@@ -306,7 +306,7 @@ def spawn_worker(
     @param env: extra environment variables for the worker, on top of the
         gateway's own.
     """
-    factory = WorkerProtocolFactory(receiver, max_message_size, flusher)
+    factory = WorkerProtocolFactory(receiver, max_message_size=max_message_size, flusher=flusher)
     return ProcessSpawner(reactor).spawn(argv, env, factory)
 
 

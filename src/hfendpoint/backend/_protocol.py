@@ -8,6 +8,7 @@ the business of its L{IMessageReceiver} (the worker client).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Optional
 
 import msgpack
@@ -272,18 +273,12 @@ class WorkerProtocol(Protocol):
 
 class WorkerProtocolFactory(Factory):
     """
-    Builds the one protocol for an adopted worker socket.
+    Builds the one protocol for an adopted worker socket, with
+    L{WorkerProtocol}'s own arguments (C{max_message_size}, C{flusher}).
     """
 
-    def __init__(
-        self,
-        receiver: Any,
-        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-        flusher: Optional[TurnFlusher] = None,
-    ) -> None:
-        self._receiver = receiver
-        self._max = max_message_size
-        self._flusher = flusher
+    def __init__(self, receiver: Any, **options: Any) -> None:
+        self._build = partial(WorkerProtocol, receiver, **options)
 
     def buildProtocol(self, addr: Any) -> WorkerProtocol:
-        return WorkerProtocol(self._receiver, self._max, self._flusher)
+        return self._build()

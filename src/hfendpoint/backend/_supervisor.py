@@ -191,7 +191,7 @@ class WorkerService(Service):
         self._started_at = self._reactor.seconds()
         self._violation = None
         factory = WorkerProtocolFactory(
-            self.client, self._max_message_size or DEFAULT_MAX_MESSAGE_SIZE, self._flusher
+            self.client, max_message_size=self._max_message_size or DEFAULT_MAX_MESSAGE_SIZE, flusher=self._flusher
         )
         try:
             if self._reserve is None:
