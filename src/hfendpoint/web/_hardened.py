@@ -28,10 +28,10 @@ own channel replaces its C{lineReceived} on an instance); any other is
 checked line by line.
 
 Every answer is an OpenAI error object. Only Twisted's public hooks of
-L{http.HTTPChannel} and its L{TimeoutMixin} are overridden here
-(C{dataReceived}, C{lineReceived}, C{lineLengthExceeded},
-C{allHeadersReceived}, C{allContentReceived}, C{requestDone},
-C{setTimeout}, C{resetTimeout}); the malformed lines Twisted
+L{http.HTTPChannel} are overridden here (C{dataReceived},
+C{lineReceived}, C{lineLengthExceeded}, C{allHeadersReceived},
+C{allContentReceived}, C{requestDone}; the idle timeout's in
+L{hfendpoint.web._idle}); the malformed lines Twisted
 refuses itself get an OpenAI-shaped 400 too where its private hook is
 available (L{hfendpoint._twisted_private.FlushingHTTPChannel.bad_request}).
 """
@@ -44,6 +44,7 @@ from twisted.logger import Logger
 
 from hfendpoint._twisted_private import CHANNEL_BASE
 from hfendpoint.errors import OpenAIError
+from hfendpoint.web._idle import IdleTimeout
 
 _log = Logger(namespace="hfendpoint")
 
@@ -75,7 +76,7 @@ def refusal(status: int, message: str, code: str, head_only: bool = False) -> by
     )
 
 
-class HardenedChannel(CHANNEL_BASE):  # type: ignore[misc]
+class HardenedChannel(IdleTimeout, CHANNEL_BASE):  # type: ignore[misc]
     """
     An L{http.HTTPChannel} with deadlines for a request's head and body,
     answers for what is too long, and strict body framing.
@@ -109,11 +110,6 @@ class HardenedChannel(CHANNEL_BASE):  # type: ignore[misc]
     #: its rate is checked).
     _body_start: Optional[float] = None
     _body_received = 0
-    _idle_call: Any = None
-    _idle_since = 0.0
-    #: Whether a request is being served (Twisted's channel turns the idle
-    #: timeout off meanwhile).
-    _serving = False
 
     def connectionMade(self) -> None:
         site = getattr(self, "site", None)
@@ -128,50 +124,6 @@ class HardenedChannel(CHANNEL_BASE):  # type: ignore[misc]
         self._unchecked_line = super().lineReceived
         self._plain_limit = min(self.totalHeadersSize, self.MAX_LENGTH)
         super().connectionMade()
-
-    # The idle timeout
-
-    def setTimeout(self, period: Optional[float]) -> Optional[float]:
-        """
-        L{TimeoutMixin.setTimeout}, without a timer per request: Twisted's
-        channel turns its idle timeout off when a request is whole and on
-        again when it is answered, which cancelled a timer and made a new
-        one each time. Here one timer per connection checks, when it fires,
-        whether the connection was idle for the whole period, and is set
-        again for the rest of it if it was not.
-        """
-        previous = self.timeOut
-        self.timeOut = period
-        if period is not None:
-            self._idle_since = self._clock.seconds()
-            if self._idle_call is None:
-                self._idle_call = self._clock.callLater(period, self._check_idle)
-        elif not self._serving:
-            # Turned off for good: the connection is lost, or Twisted
-            # hands it to its HTTP/2 channel.
-            self._cancel_idle()
-        return previous
-
-    def resetTimeout(self) -> None:
-        if self.timeOut is not None:
-            self._idle_since = self._clock.seconds()
-
-    def _check_idle(self) -> None:
-        self._idle_call = None
-        if self.timeOut is None:
-            # Busy with a request: answering it sets the timeout again.
-            return
-        rest = self._idle_since + self.timeOut - self._clock.seconds()
-        if rest > 0:
-            self._idle_call = self._clock.callLater(rest, self._check_idle)
-            return
-        self.timeoutConnection()
-
-    def _cancel_idle(self) -> None:
-        if self._idle_call is not None:
-            if self._idle_call.active():
-                self._idle_call.cancel()
-            self._idle_call = None
 
     # The head
 
@@ -368,13 +320,11 @@ class HardenedChannel(CHANNEL_BASE):  # type: ignore[misc]
 
     def allContentReceived(self) -> None:
         self._cancel_body()
-        self._serving = True
         super().allContentReceived()
 
     def requestDone(self, request: Any) -> None:
         # What arrives from now on starts the next head (Twisted hands the
         # bytes it held back to dataReceived), whose method is not known yet.
-        self._serving = False
         self._waiting = True
         # Answered outside a read, Twisted hands back every byte after the
         # request at once: the next head starts there. Answered within
@@ -405,5 +355,4 @@ class HardenedChannel(CHANNEL_BASE):  # type: ignore[misc]
     def connectionLost(self, reason: Optional[Any] = None) -> None:
         self._cancel_head()
         self._cancel_body()
-        self._cancel_idle()
         super().connectionLost(reason)

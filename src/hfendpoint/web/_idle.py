@@ -1,0 +1,80 @@
+"""
+The idle timeout of an HTTP connection, Twisted's, kept with one timer per
+connection rather than one per request.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+
+class IdleTimeout:
+    """
+    A mixin for an L{http.HTTPChannel} (before it in the bases) that
+    overrides the public methods of its L{TimeoutMixin}: the connection is
+    closed once it has sent nothing for C{timeOut} seconds while no request
+    of its was being served, as by Twisted's own channel.
+
+    Twisted's channel turns its idle timeout off when a request is whole
+    and on again when it is answered, which cancelled a timer and made a
+    new one for every request. Here one timer per connection checks, when
+    it fires, whether the connection was idle for the whole period, and is
+    set again for the rest of it if it was not.
+
+    The channel must have C{_clock}, the reactor its site runs on, before
+    its C{connectionMade} reaches Twisted's.
+    """
+
+    _clock: Any
+    timeOut: Optional[float]
+    _idle_call: Any = None
+    _idle_since = 0.0
+    #: Whether a request is being served (Twisted's channel turns the idle
+    #: timeout off meanwhile).
+    _serving = False
+
+    def setTimeout(self, period: Optional[float]) -> Optional[float]:
+        previous = self.timeOut
+        self.timeOut = period
+        if period is not None:
+            self._idle_since = self._clock.seconds()
+            if self._idle_call is None:
+                self._idle_call = self._clock.callLater(period, self._check_idle)
+        elif not self._serving:
+            # Turned off for good: the connection is lost, or Twisted
+            # hands it to its HTTP/2 channel.
+            self._cancel_idle()
+        return previous
+
+    def resetTimeout(self) -> None:
+        if self.timeOut is not None:
+            self._idle_since = self._clock.seconds()
+
+    def _check_idle(self) -> None:
+        self._idle_call = None
+        if self.timeOut is None:
+            # Busy with a request: answering it sets the timeout again.
+            return
+        rest = self._idle_since + self.timeOut - self._clock.seconds()
+        if rest > 0:
+            self._idle_call = self._clock.callLater(rest, self._check_idle)
+            return
+        self.timeoutConnection()  # type: ignore[attr-defined]
+
+    def _cancel_idle(self) -> None:
+        if self._idle_call is not None:
+            if self._idle_call.active():
+                self._idle_call.cancel()
+            self._idle_call = None
+
+    def allContentReceived(self) -> None:
+        self._serving = True
+        super().allContentReceived()  # type: ignore[misc]
+
+    def requestDone(self, request: Any) -> None:
+        self._serving = False
+        super().requestDone(request)  # type: ignore[misc]
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self._cancel_idle()
+        super().connectionLost(reason)  # type: ignore[misc]
