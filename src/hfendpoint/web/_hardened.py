@@ -21,11 +21,10 @@ hardened against hostile clients where Twisted's own channel is lenient:
 
 A head that comes whole in the first bytes of a read, none of it in an
 earlier read, and is plain (no framing header but one Content-Length,
-well within the limits) is checked
-at once with a few byte operations, and its lines go to Twisted unchecked
-(the channel's C{lineReceived} is Twisted's for that head, as Twisted's
-own channel replaces its C{lineReceived} on an instance); any other is
-checked line by line.
+well within the limits) is checked at once with a few byte operations,
+and its lines go to Twisted unchecked (the channel's C{lineReceived} is
+Twisted's for that head, as Twisted's own channel replaces its
+C{lineReceived} on an instance); any other is checked line by line.
 
 Every answer is an OpenAI error object. Only Twisted's public hooks of
 L{http.HTTPChannel} are overridden here (C{dataReceived},
