@@ -57,6 +57,27 @@ def _reason(code: int) -> Optional[bytes]:
         return None
 
 
+class EverySecond:
+    """
+    A time formatted by C{format} once a second: every request of the same
+    second shares the text.
+    """
+
+    __slots__ = ("_format", "_second", "_text")
+
+    def __init__(self, format: Callable[[int], Any]) -> None:
+        self._format = format
+        self._second: Optional[int] = None
+        self._text: Any = None
+
+    def at(self, now: float) -> Any:
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._text = self._format(second)
+        return self._text
+
+
 class LimitedRequest(Request):
     """
     A request that refuses a body over its site's C{max_body_size} as soon
@@ -213,10 +234,8 @@ class GatewaySite(Site):
         self.metrics: Any = None
         self._line = logFormatter or combined_line
         self._stream: Optional[AccessLog] = None
-        self._second: Optional[int] = None
-        self._timestamp = ""
-        self._date_second: Optional[int] = None
-        self._date = b""
+        self._log_time = EverySecond(datetimeToLogString)
+        self._date = EverySecond(datetimeToString)
 
     def getContentFile(self, length: Optional[int]) -> Any:
         """
@@ -233,11 +252,7 @@ class GatewaySite(Site):
         """
         The C{Date} header of an answer given now, formatted once a second.
         """
-        second = int(self.reactor.seconds())
-        if second != self._date_second:
-            self._date_second = second
-            self._date = datetimeToString(second)
-        return self._date
+        return self._date.at(self.reactor.seconds())  # type: ignore[no-any-return]
 
     def startFactory(self) -> None:
         super().startFactory()
@@ -260,8 +275,4 @@ class GatewaySite(Site):
             super().log(request)
             return
         # The date of a line, to the second, as Twisted's access log has it.
-        now = self.reactor.seconds()
-        if int(now) != self._second:
-            self._second = int(now)
-            self._timestamp = datetimeToLogString(now)
-        stream.add(self._line, self._timestamp, request)
+        stream.add(self._line, self._log_time.at(self.reactor.seconds()), request)
