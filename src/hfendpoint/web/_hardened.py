@@ -43,7 +43,7 @@ from twisted.logger import Logger
 
 from hfendpoint._twisted_private import CHANNEL_BASE
 from hfendpoint.errors import OpenAIError
-from hfendpoint.web._idle import IdleTimeout
+from hfendpoint.web._idle import IdleTimeout, stopped
 
 _log = Logger(namespace="hfendpoint")
 
@@ -284,10 +284,7 @@ class HardenedChannel(IdleTimeout, CHANNEL_BASE):  # type: ignore[misc]
 
     def _cancel_head(self) -> None:
         self._head_start = None
-        if self._head_call is not None:
-            if self._head_call.active():
-                self._head_call.cancel()
-            self._head_call = None
+        self._head_call = stopped(self._head_call)
 
     # The body
 
@@ -312,10 +309,7 @@ class HardenedChannel(IdleTimeout, CHANNEL_BASE):  # type: ignore[misc]
 
     def _cancel_body(self) -> None:
         self._body_start = None
-        if self._body_call is not None:
-            if self._body_call.active():
-                self._body_call.cancel()
-            self._body_call = None
+        self._body_call = stopped(self._body_call)
 
     def allContentReceived(self) -> None:
         self._cancel_body()

@@ -8,6 +8,16 @@ from __future__ import annotations
 from typing import Any, Optional
 
 
+def stopped(call: Any) -> None:
+    """
+    Cancel the delayed C{call}, if any and still to run; C{None}, for the
+    attribute that held it.
+    """
+    if call is not None and call.active():
+        call.cancel()
+    return None
+
+
 class IdleTimeout:
     """
     A mixin for an L{http.HTTPChannel} (before it in the bases) that
@@ -62,10 +72,7 @@ class IdleTimeout:
         self.timeoutConnection()  # type: ignore[attr-defined]
 
     def _cancel_idle(self) -> None:
-        if self._idle_call is not None:
-            if self._idle_call.active():
-                self._idle_call.cancel()
-            self._idle_call = None
+        self._idle_call = stopped(self._idle_call)
 
     def allContentReceived(self) -> None:
         self._serving = True
