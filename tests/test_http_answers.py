@@ -12,8 +12,10 @@ from io import BytesIO
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
+from twisted.web.test.requesthelper import DummyChannel
 
 from hfendpoint.web import GatewaySite
+from hfendpoint.web._site import LimitedRequest
 from tests.test_http_framing import CLIENT, SERVER, HTTPTestCase, parse_responses
 
 
@@ -167,6 +169,25 @@ class ContentFileTests(TestCase):
             self.addCleanup(content.close)
             self.assertNotIsInstance(content, BytesIO)
             self.assertIsInstance(content.fileno(), int)
+
+
+class RequestSlotsTests(TestCase):
+    """
+    What the gateway adds to a request stays out of the instance's
+    dictionary (see L{LimitedRequest}), and reads as unset until set.
+    """
+
+    def test_not_in_the_dictionary(self) -> None:
+        channel = DummyChannel()
+        channel.site = GatewaySite(Resource())
+        request = LimitedRequest(channel)
+        request.gotLength(1)
+        self.assertEqual((request.request_id, request.started), (None, None))
+        request.request_id = "abc"
+        request.started = 1.0
+        request.handleContentChunk(b"x")
+        self.assertEqual((request.request_id, request.started, request._received), ("abc", 1.0, 1))
+        self.assertFalse({"request_id", "started", "_received", "_rejected"} & set(vars(request)))
 
 
 class _Status(Resource):
