@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from io import BytesIO
 
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyChannel
 
 from hfendpoint.web import GatewaySite
+from hfendpoint.web._connection_state import ReadState
+from hfendpoint.web._hardened import HardenedChannel
 from hfendpoint.web._site import LimitedRequest
 from tests.test_http_framing import CLIENT, SERVER, HTTPTestCase, parse_responses
 
@@ -188,6 +191,39 @@ class RequestSlotsTests(TestCase):
         request.handleContentChunk(b"x")
         self.assertEqual((request.request_id, request.started, request._received), ("abc", 1.0, 1))
         self.assertFalse({"request_id", "started", "_received", "_rejected"} & set(vars(request)))
+
+
+class _Hello(Resource):
+    isLeaf = True
+
+    def render(self, request) -> bytes:
+        request.setHeader(b"content-length", b"2")
+        return b"hi"
+
+
+class ChannelDictionaryTests(TestCase):
+    """
+    The hardened channel leaves its instance dictionary to Twisted's own
+    attributes (see L{hfendpoint.web._hardened.HardenedChannel}): few
+    enough for CPython's compact form, and no state of its own there.
+    """
+
+    def test_twisted_attributes_alone(self) -> None:
+        site = GatewaySite(_Hello(), access_log=False)
+        site.reactor = Clock()
+        channel = HardenedChannel()
+        channel.site = channel.factory = site
+        channel.requestFactory = LimitedRequest
+        channel.callLater = site.reactor.callLater
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        for _ in range(2):
+            channel.dataReceived(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}")
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 2)
+        names = set(vars(channel))
+        self.assertLessEqual(len(names), 30, sorted(names))
+        self.assertFalse(names & (set(ReadState.__slots__) | {"_" + name for name in ReadState.__slots__}))
+        self.assertNotIn("lineReceived", names)
 
 
 class _Status(Resource):

@@ -53,6 +53,12 @@ class HeldWrites:
         self._flusher = flusher
         self._held: list[bytes] = []
 
+    def attach(self, transport: Any) -> None:
+        """
+        Send to C{transport} (for a holder made before its transport was).
+        """
+        self._transport = transport
+
     def write(self, data: bytes) -> None:
         if not self._held:
             self._flusher.add(self)
@@ -113,21 +119,15 @@ class GatewayChannel(HardenedChannel):
 
     def __init__(self, flusher: TurnFlusher) -> None:
         super().__init__()
-        self._flusher = flusher
-        self._writes: Optional[HeldWrites] = None
+        # Given its transport once connected, if it can send straight to it.
+        self._writes: Optional[HeldWrites] = HeldWrites(None, flusher)
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        if type(self.transport) is tcp.Server and direct_transport(self.transport):
-            self._writes = HeldWrites(self.transport, self._flusher)
-
-    _host: Any = None
-
-    def getHost(self) -> Any:
-        # Asked for by every request; the socket's address does not change.
-        if self._host is None:
-            self._host = super().getHost()
-        return self._host
+        if self._writes is not None and type(self.transport) is tcp.Server and direct_transport(self.transport):
+            self._writes.attach(self.transport)
+        else:
+            self._writes = None
 
     def write(self, data: bytes) -> None:
         writes = self._writes

@@ -18,6 +18,25 @@ def stopped(call: Any) -> None:
     return None
 
 
+class IdleState:
+    """
+    The idle timeout's state of one connection, in an object of its own so
+    that the channel's instance dictionary keeps Twisted's attributes
+    alone (see L{hfendpoint.web._hardened.HardenedChannel}).
+    """
+
+    __slots__ = ("clock", "call", "since", "serving")
+
+    def __init__(self) -> None:
+        #: The reactor the connection's site runs on.
+        self.clock: Any = None
+        self.call: Any = None
+        self.since = 0.0
+        #: Whether a request is being served (Twisted's channel turns the
+        #: idle timeout off meanwhile).
+        self.serving = False
+
+
 class IdleTimeout:
     """
     A mixin for an L{http.HTTPChannel} (before it in the bases) that
@@ -31,26 +50,25 @@ class IdleTimeout:
     it fires, whether the connection was idle for the whole period, and is
     set again for the rest of it if it was not.
 
-    The channel must have C{_clock}, the reactor its site runs on, before
-    its C{connectionMade} reaches Twisted's.
+    The channel must set C{self._idle.clock}, the reactor its site runs
+    on, before its C{connectionMade} reaches Twisted's.
     """
 
-    _clock: Any
     timeOut: Optional[float]
-    _idle_call: Any = None
-    _idle_since = 0.0
-    #: Whether a request is being served (Twisted's channel turns the idle
-    #: timeout off meanwhile).
-    _serving = False
+
+    def __init__(self) -> None:
+        self._idle = IdleState()
+        super().__init__()
 
     def setTimeout(self, period: Optional[float]) -> Optional[float]:
         previous = self.timeOut
         self.timeOut = period
+        idle = self._idle
         if period is not None:
-            self._idle_since = self._clock.seconds()
-            if self._idle_call is None:
-                self._idle_call = self._clock.callLater(period, self._check_idle)
-        elif not self._serving:
+            idle.since = idle.clock.seconds()
+            if idle.call is None:
+                idle.call = idle.clock.callLater(period, self._check_idle)
+        elif not idle.serving:
             # Turned off for good: the connection is lost, or Twisted
             # hands it to its HTTP/2 channel.
             self._cancel_idle()
@@ -58,28 +76,30 @@ class IdleTimeout:
 
     def resetTimeout(self) -> None:
         if self.timeOut is not None:
-            self._idle_since = self._clock.seconds()
+            idle = self._idle
+            idle.since = idle.clock.seconds()
 
     def _check_idle(self) -> None:
-        self._idle_call = None
+        idle = self._idle
+        idle.call = None
         if self.timeOut is None:
             # Busy with a request: answering it sets the timeout again.
             return
-        rest = self._idle_since + self.timeOut - self._clock.seconds()
+        rest = idle.since + self.timeOut - idle.clock.seconds()
         if rest > 0:
-            self._idle_call = self._clock.callLater(rest, self._check_idle)
+            idle.call = idle.clock.callLater(rest, self._check_idle)
             return
         self.timeoutConnection()  # type: ignore[attr-defined]
 
     def _cancel_idle(self) -> None:
-        self._idle_call = stopped(self._idle_call)
+        self._idle.call = stopped(self._idle.call)
 
     def allContentReceived(self) -> None:
-        self._serving = True
+        self._idle.serving = True
         super().allContentReceived()  # type: ignore[misc]
 
     def requestDone(self, request: Any) -> None:
-        self._serving = False
+        self._idle.serving = False
         super().requestDone(request)  # type: ignore[misc]
 
     def connectionLost(self, reason: Any = None) -> None:
