@@ -2,11 +2,12 @@
 """
 Which commit cost the small requests their speed: the gateway of each
 given commit, side by side in one run, on the small embeddings request
-of bench/run.py's scenario 1.
+of bench/run.py's scenario 1 (or its small chat request, C{--chat}).
 
     python bench/history.py 22cacfb 9c45e22 HEAD [--rounds 3] [--seconds 3]
     python bench/history.py 22cacfb HEAD HEAD,--no-metrics,--no-access-log
     python bench/history.py 22cacfb HEAD --pin --rounds 5
+    python bench/history.py 22cacfb HEAD --pin --chat
 
 A commit may carry options for its gateway's command after commas.
 
@@ -42,7 +43,7 @@ import shapes  # noqa: E402
 from measure import WRK_SCRIPT, Settings  # noqa: E402
 from servers import HOST, REPO, start_gateway  # noqa: E402
 
-PATH = "/v1/embeddings"
+PATHS = {"embeddings": "/v1/embeddings", "chat": "/v1/chat/completions"}
 
 
 def worktree(commit: str, parent: str) -> str:
@@ -73,12 +74,12 @@ def pin(gateway: Any) -> list[str]:
     return ["taskset", "-c", ",".join(map(str, sorted(others)))]
 
 
-def wrk(gateway: Any, script: str, seconds: int, concurrency: int, prefix: list[str]) -> tuple[float, float]:
+def wrk(gateway: Any, script: str, path: str, seconds: int, concurrency: int, prefix: list[str]) -> tuple[float, float]:
     """
     The requests a second C{gateway} answered, and its CPU time per
     request in microseconds.
     """
-    argv = prefix + ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "-s", script, f"http://{HOST}:{gateway.port}{PATH}"]
+    argv = prefix + ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "-s", script, f"http://{HOST}:{gateway.port}{path}"]
     before = cpu_seconds(gateway.pid)
     text = subprocess.run(argv, capture_output=True, check=True).stdout.decode()
     used = cpu_seconds(gateway.pid) - before
@@ -92,17 +93,23 @@ def main() -> int:
     parser.add_argument("commits", nargs="+", help="commits (or anything git names one by), each with its options after commas")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=3)
+    parser.add_argument("--chat", action="store_true", help="the small chat request rather than the embeddings one")
     parser.add_argument("--pin", action="store_true", help="each gateway alone on the first CPU; also its CPU time per request")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is needed: sudo apt-get install -y wrk", file=sys.stderr)
         return 2
     settings = Settings(quick=False)
-    body = shapes.body(shapes.embeddings_data(1, settings.small_tokens, settings.small_dims))
+    kind = "chat" if args.chat else "embeddings"
+    path = PATHS[kind]
+    if args.chat:
+        body = shapes.body(shapes.chat_data(settings.small_tokens))
+    else:
+        body = shapes.body(shapes.embeddings_data(1, settings.small_tokens, settings.small_dims))
     parent = tempfile.mkdtemp(prefix="hfendpoint-history-")
     script = os.path.join(parent, "wrk.lua")
     with open(script, "w") as f:
-        f.write(WRK_SCRIPT.replace("BODY", body.decode("latin-1")).replace("PATH", PATH))
+        f.write(WRK_SCRIPT.replace("BODY", body.decode("latin-1")).replace("PATH", path))
     gateways = []
     try:
         trees: dict[str, str] = {}
@@ -114,15 +121,15 @@ def main() -> int:
             gateways.append((commit, options, gateway))
         prefixes = [pin(gateway) if args.pin else [] for _, _, gateway in gateways]
         for (_, _, gateway), prefix in zip(gateways, prefixes):
-            wrk(gateway, script, 1, settings.concurrency, prefix)
+            wrk(gateway, script, path, 1, settings.concurrency, prefix)
         best = [0.0] * len(gateways)
         costs: list[list[float]] = [[] for _ in gateways]
         for _ in range(args.rounds):
             for index, (_, _, gateway) in enumerate(gateways):
-                rate, cost = wrk(gateway, script, args.seconds, settings.concurrency, prefixes[index])
+                rate, cost = wrk(gateway, script, path, args.seconds, settings.concurrency, prefixes[index])
                 best[index] = max(best[index], rate)
                 costs[index].append(cost)
-        print(f"small embeddings, req/s @c{settings.concurrency}, best of {args.rounds} x {args.seconds} s"
+        print(f"small {kind}, req/s @c{settings.concurrency}, best of {args.rounds} x {args.seconds} s"
               + (", and the gateway's CPU time per request (median)" if args.pin else ""))
         for index, (commit, options, _) in enumerate(gateways):
             subject = subprocess.run(["git", "-C", REPO, "log", "-1", "--format=%h %s", commit],
