@@ -90,16 +90,17 @@ class HardenedChannel(IdleTimeout, CHANNEL_BASE):  # type: ignore[misc]
 
     Its options are read from its site when it connects
     (C{request_head_timeout}, C{min_body_rate}, C{body_rate_grace}; the
-    defaults above for a site without them); C{None} or C{0} turns one off.
+    C{DEFAULT_} ones for a site without them); C{None} or C{0} turns one
+    off.
 
     Its state is kept in objects of its own (L{ReadState},
-    L{ConnectionInfo}, L{IdleState}), not in the instance's dictionary: Twisted's channel keeps
-    some twenty attributes there, and CPython keeps an instance's
-    attributes in a compact form, read and written faster, only up to
-    thirty names a class. Past it, Twisted's parser paid about a
-    microsecond more a request for its own attributes; and replacing a
-    method on the instance (C{lineReceived}, as Twisted's own channel
-    does) costs more still on a compact one (C{bench/channel.py}).
+    L{ConnectionInfo}, L{IdleState}), not in the instance's dictionary:
+    Twisted's channel keeps some twenty attributes there, and CPython
+    keeps an instance's attributes in a compact form, read and written
+    faster, only up to thirty names a class. Past it, Twisted's parser
+    paid about a microsecond more a request for its own attributes; and
+    replacing a method on the instance (C{lineReceived}, as Twisted's own
+    channel does) costs more still on a compact one (C{bench/channel.py}).
     """
 
     def __init__(self) -> None:
