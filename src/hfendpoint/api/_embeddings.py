@@ -276,16 +276,13 @@ def quoted_heads(count: int) -> list[bytes]:
     return _quoted_heads
 
 
-async def create_embeddings(
-    client: IWorkerClient, batcher: EmbeddingBatcher, request: dict, model: str
-) -> bytes:
+async def create_embeddings(batcher: EmbeddingBatcher, request: dict, model: str) -> bytes:
     """
+    @param request: the checked request, its texts already made tokens.
     @return: the response body, written here rather than by the JSON
         encoder because the vectors are most of it.
     """
     tokens = request["tokens"]
-    if tokens is None:
-        tokens = await tokenize(client, request["texts"])
     vectors = await batcher.embed(tokens)
     # float32 bytes from the worker are already what base64 wants.
     as_sent = request["encoding"] == "base64" and request["dimensions"] is None and sys.byteorder == "little"
@@ -335,7 +332,7 @@ async def serve(context: Context, body: dict, checked: dict) -> Reply:
     if request["tokens"] is None:
         request["tokens"] = await tokenize(context.client, request["texts"])
     record_usage(context.request, {"prompt_tokens": sum(map(len, request["tokens"]))})
-    return await create_embeddings(context.client, context.batcher, request, context.model)
+    return await create_embeddings(context.batcher, request, context.model)
 
 
 _COUNT = {"type": "integer", "minimum": 0}
