@@ -188,6 +188,9 @@ class CountingFlusher:
     def flush(self):
         self.flushed_at.append(len(self.receiver.messages))
 
+    def run_last(self, function, *args):
+        function(*args)
+
 
 class FlushTests(SynchronousTestCase):
     def test_long_reads_flushed_as_they_are_handled(self):

@@ -166,9 +166,9 @@ class WorkerClient:
     tokens, what each end sets off (the response's end, the next batch)
     costs ten times a token, and the tokens that follow in the read, sent
     by the read's early flushes, should not wait for it. The last reply
-    read completes its call at once, and is handled as the last work of
-    the turn (L{TurnFlusher.run_last}), so that a response it finishes
-    alone leaves at once.
+    read completes its call at once; its protocol hands it over as the
+    last work of the turn (L{TurnFlusher.run_last}), so that a response it
+    finishes alone leaves at once.
 
     @ivar flusher: the L{TurnFlusher} given, which the protocols of the
         worker sockets hold their writes on too.
@@ -226,15 +226,6 @@ class WorkerClient:
             self._fail(call, error)
 
     def message_received(self, message: dict, last: bool, size: int = 0) -> None:
-        flusher = self.flusher
-        if flusher is None:
-            self._route(message, True, size)
-        elif last:
-            flusher.run_last(self._route, message, True, size)
-        else:
-            self._route(message, False, size)
-
-    def _route(self, message: dict, last: bool, size: int = 0) -> None:
         call = self._pending.get(message["id"])
         if call is None:
             if message["id"] in self._abandoned:
@@ -313,7 +304,7 @@ class WorkerClient:
             return
         if done:
             self._finish(call)
-            if last:
+            if last or self.flusher is None:
                 call.deferred.callback(None)
             else:
                 self.flusher.after(partial(_succeed, call.deferred))

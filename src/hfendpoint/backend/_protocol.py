@@ -79,7 +79,8 @@ class IMessageReceiver(Interface):
 
         @param last: whether it is the last whole reply of what has been
             read from the socket: nothing more is known to be coming in
-            this turn of the reactor.
+            this turn of the reactor. With a C{flusher}, such a reply is
+            handled as the turn's last work (L{TurnFlusher.run_last}).
         """
 
     def disconnected(protocol: "WorkerProtocol", reason: Failure) -> None:
@@ -167,6 +168,7 @@ class WorkerProtocol(Protocol):
         if self._violation is not None:
             return
         flusher = self._flusher
+        deliver = self._receiver.message_received
         try:
             unpacker = self._unpacker
             unpacker.feed(data)
@@ -176,8 +178,20 @@ class WorkerProtocol(Protocol):
             start = unpacker.tell()
             for message in unpacker:
                 end = unpacker.tell()
-                self._dispatch(message, end == fed, end - start)
+                size = end - start
                 start = end
+                # MessagePack gives exact types: type() is enough, and
+                # leaves out true and false, which are ints to isinstance.
+                ident = message.get("id") if type(message) is dict else None
+                if type(ident) is not int:
+                    self._drop(message)
+                elif end != fed:
+                    deliver(message, False, size)
+                elif flusher is None:
+                    deliver(message, True, size)
+                else:
+                    # The last reply read is the last work of the turn.
+                    flusher.run_last(deliver, message, True, size)
                 if flusher is None:
                     continue
                 count += 1
@@ -232,18 +246,15 @@ class WorkerProtocol(Protocol):
             what = str(error) or type(error).__name__
         return f"the worker sent malformed MessagePack at byte {offset} of its output: {what}{quote}"
 
-    def _dispatch(self, message: Any, last: bool, size: int) -> None:
-        # MessagePack gives exact types: type() is enough, and leaves out
-        # true and false, which are ints to isinstance.
-        ident = message.get("id") if type(message) is dict else None
-        if type(ident) is not int:
-            # Said once per read: text printed to the socket by mistake is
-            # valid MessagePack, one small integer per ASCII byte.
-            if not self._dropped:
-                self._first_dropped = message
-            self._dropped += 1
-            return
-        self._receiver.message_received(message, last, size)
+    def _drop(self, message: Any) -> None:
+        """
+        A message that is not a reply (a map with an integer C{id}) is
+        dropped, and said once per read: text printed to the socket by
+        mistake is valid MessagePack, one small integer per ASCII byte.
+        """
+        if not self._dropped:
+            self._first_dropped = message
+        self._dropped += 1
 
     def _violate(self, why: str) -> None:
         self._log.error("Worker protocol violation: {why}; closing the socket", why=why)
