@@ -15,7 +15,7 @@ from twisted.web.server import NOT_DONE_YET
 from hfendpoint import _twisted_private
 from hfendpoint.web import _channel as channel
 from hfendpoint.web import _site
-from hfendpoint.web._coalescing import AFTER_SLICE, TurnFlusher
+from hfendpoint.web._coalescing import AFTER_SLICE, AFTER_UNIT, TurnFlusher
 from hfendpoint.web._hardened import HardenedChannel
 from hfendpoint.web import EventStream, GatewaySite
 
@@ -124,8 +124,9 @@ class TurnFlusherAfterTests(SynchronousTestCase):
 
     def test_a_long_list_is_run_over_several_turns(self):
         """
-        After-work runs for at most AFTER_SLICE seconds in one turn; what
-        is held is flushed then, and the rest runs in the next turns.
+        After-work runs for at most AFTER_SLICE seconds in one turn, checked
+        every AFTER_UNIT calls; what is held is flushed then, and the rest
+        runs in the next turns.
         """
         clock = Clock()
         flusher = TurnFlusher(clock)
@@ -134,15 +135,17 @@ class TurnFlusherAfterTests(SynchronousTestCase):
         def slow(name):
             def run():
                 log.append(name)
-                clock.rightNow += AFTER_SLICE / 2
+                clock.rightNow += AFTER_SLICE / (AFTER_UNIT + 1)
 
             return run
 
+        ends = [f"end {i}" for i in range(3 * AFTER_UNIT)]
         flusher.add(Item(log, "token"))
-        for name in ("end 1", "end 2", "end 3", "end 4", "end 5"):
+        for name in ends:
             flusher.after(slow(name))
         clock.advance(0)
-        self.assertEqual(log, ["end 1", "end 2", "token", "end 3", "end 4", "end 5"])
+        # The first unit ends within the slice, the second past it.
+        self.assertEqual(log, ends[: 2 * AFTER_UNIT] + ["token"] + ends[2 * AFTER_UNIT :])
         self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_added_by_after_work_keeps_its_place(self):
