@@ -24,23 +24,15 @@ class ReplyBudget:
     Bytes of replies held by calls in flight, against a limit.
 
     @ivar limit: the most bytes held at once.
-    @ivar held: the bytes held now.
+    @ivar held: the bytes held now. The worker client counts a reply
+        itself (C{held + size <= limit}, then C{held += size}): once per
+        token of every stream, a call of its own costs as much as the rest
+        of the count.
     """
 
     def __init__(self, limit: int = DEFAULT_MAX_REPLY_MEMORY) -> None:
         self.limit = limit
         self.held = 0
-
-    def take(self, size: int) -> bool:
-        """
-        Count C{size} more bytes, unless that goes over the limit.
-
-        @return: whether they were counted.
-        """
-        if self.held + size > self.limit:
-            return False
-        self.held += size
-        return True
 
     def give(self, size: int) -> None:
         self.held -= size

@@ -226,28 +226,61 @@ class WorkerClient:
             self._fail(call, error)
 
     def message_received(self, message: dict, last: bool, size: int = 0) -> None:
+        # Once per token of every stream: the usual reply (data for a call
+        # in flight) takes no call of its own but its translator's.
         call = self._pending.get(message["id"])
         if call is None:
-            if message["id"] in self._abandoned:
-                if "error" in message:
-                    del self._abandoned[message["id"]]
-                return
-            self._log.warn(
-                "Dropping a reply for id {id}, which no request waits for",
-                id=message["id"],
-            )
+            self._unexpected(message)
             return
+        if "error" in message or "data" not in message:
+            self._not_data(call, message)
+            return
+        budget = self.budget
+        if budget is not None:
+            if budget.held + size > budget.limit:
+                self._abandon(call, budget.refusal(size))
+                return
+            budget.held += size
+            call.held += size
+        call.replies += 1
+        try:
+            done = call.on_reply(message["data"])
+        except OpenAIError as e:
+            self._abandon(call, e)
+            return
+        except Exception:
+            self._log.failure("A reply from the worker could not be used")
+            self._abandon(call, worker_failed("The worker sent a reply the gateway cannot use."))
+            return
+        if done:
+            self._finish(call)
+            if last or self.flusher is None:
+                call.deferred.callback(None)
+            else:
+                self.flusher.after(partial(_succeed, call.deferred))
+        else:
+            # The timer is not moved on every reply (a stream has thousands):
+            # when it fires, it looks at the time of the last one.
+            call.last_reply_at = self._seconds()
+
+    def _unexpected(self, message: dict) -> None:
+        """
+        A reply for no call in flight: expected (and dropped quietly) for a
+        call given up on, until its end.
+        """
+        if message["id"] in self._abandoned:
+            if "error" in message:
+                del self._abandoned[message["id"]]
+            return
+        self._log.warn(
+            "Dropping a reply for id {id}, which no request waits for",
+            id=message["id"],
+        )
+
+    def _not_data(self, call: _Pending, message: dict) -> None:
         if "error" in message:
             self._finish(call)
             self._fail(call, worker_failed(str(message["error"]), message.get("status")))
-        elif "data" in message:
-            budget = self.budget
-            if budget is not None:
-                if not budget.take(size):
-                    self._abandon(call, budget.refusal(size))
-                    return
-                call.held += size
-            self._deliver(call, message["data"], last)
         else:
             self._abandon(call, worker_gone("The worker sent a reply with neither data nor error."))
 
@@ -290,28 +323,6 @@ class WorkerClient:
         return single_reply(self, name, data)
 
     # Internals
-
-    def _deliver(self, call: _Pending, data: Any, last: bool) -> None:
-        call.replies += 1
-        try:
-            done = call.on_reply(data)
-        except OpenAIError as e:
-            self._abandon(call, e)
-            return
-        except Exception:
-            self._log.failure("A reply from the worker could not be used")
-            self._abandon(call, worker_failed("The worker sent a reply the gateway cannot use."))
-            return
-        if done:
-            self._finish(call)
-            if last or self.flusher is None:
-                call.deferred.callback(None)
-            else:
-                self.flusher.after(partial(_succeed, call.deferred))
-        else:
-            # The timer is not moved on every reply (a stream has thousands):
-            # when it fires, it looks at the time of the last one.
-            call.last_reply_at = self._seconds()
 
     def _expired(self, ident: int) -> None:
         call = self._pending.get(ident)
