@@ -156,9 +156,6 @@ async def run_choices(
     """
     n = data.get("n") or 1
     choices = [Choice(i) for i in range(n)]
-    if collect:
-        for choice in choices:
-            choice.on_token = ignore_token
     if n == 1 or "chat_n" in client.info.features:
         calls = [(data, None)]
     else:
@@ -198,10 +195,26 @@ async def run_choices(
 
         return on_reply
 
+    def collector(choice: Choice, general: Callable[[Any], bool]) -> Callable[[Any], bool]:
+        parts = choice.parts
+
+        def on_reply(reply: Any) -> bool:
+            if type(reply) is dict and len(reply) == 2 and reply.get("finish_reason", 0) is None:
+                content = reply.get("content")
+                if type(content) is str and content:
+                    choice.chunks += 1
+                    parts.append(content)
+                    return False
+            return general(reply)
+
+        return on_reply
+
     def receiver_for(fixed: Optional[Choice]) -> Callable[[Any], bool]:
         choice = fixed if fixed is not None else choices[0] if n == 1 else None
         general = receiver(fixed)
-        return general if choice is None else token_receiver(choice, general)
+        if choice is None:
+            return general
+        return collector(choice, general) if collect else token_receiver(choice, general)
 
     requests = [client.request(call, payload, receiver_for(fixed)) for payload, fixed in calls]
     if len(requests) == 1:
@@ -255,9 +268,3 @@ def prompt_text(messages: list[dict]) -> str:
         elif isinstance(content, list):
             texts.extend(p.get("text", "") for p in content if isinstance(p.get("text"), str))
     return "\n".join(texts)
-
-
-
-def ignore_token(content: str) -> None:
-    pass
-
