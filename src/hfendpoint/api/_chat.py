@@ -13,12 +13,13 @@ from hfendpoint.api._choices import (
     CALL,
     FINISH_REASONS,
     Choice,
+    counted_usage,
     finish_reason_of,
     new_id,
     prompt_text,
+    reported_usage,
     run_choices,
     stream_tool_calls,
-    usage_for,
 )
 from hfendpoint.api._contract import Schema, nullable, ref
 from hfendpoint.api._endpoint import Context, Endpoint, Reply, Stream
@@ -46,7 +47,9 @@ class ChatCompletion:
 
     async def complete(self) -> dict:
         choices = await run_choices(self._client, self._data, _ignore, collect=True)
-        usage = await usage_for(self._client, choices, prompt_text(self._data["messages"]))
+        usage = reported_usage(choices) or await counted_usage(
+            self._client, choices, prompt_text(self._data["messages"])
+        )
         return {
             "id": self.id,
             "object": "chat.completion",
@@ -136,7 +139,9 @@ class ChatCompletion:
 
         choices = await run_choices(self._client, self._data, on_chunk)
         if self._include_usage:
-            usage = await usage_for(self._client, choices, prompt_text(self._data["messages"]))
+            usage = reported_usage(choices) or await counted_usage(
+                self._client, choices, prompt_text(self._data["messages"])
+            )
             events.send(self._chunk([], usage))
 
 

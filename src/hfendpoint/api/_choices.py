@@ -234,19 +234,26 @@ def _first_error(failure: Any) -> Any:
     return failure
 
 
-
-async def usage_for(client: IWorkerClient, choices: list[Choice], text: str) -> dict:
+def reported_usage(choices: list[Choice]) -> Optional[dict]:
     """
-    The worker's own usage when it reported it for every call, else
-    counted here: prompt tokens with the worker's tokenizer where it has
-    one, completion tokens as the chunks it sent.
+    The worker's own usage, when it reported it for every call (the usual
+    case: nothing to count, nor to wait for).
     """
     reported = [c.usage for c in choices if c.usage]
-    if reported and len(reported) == len(choices):
-        return make_usage(
-            _count(reported[0], "prompt_tokens"),
-            sum(_count(r, "completion_tokens") for r in reported),
-        )
+    if not reported or len(reported) != len(choices):
+        return None
+    return make_usage(
+        _count(reported[0], "prompt_tokens"),
+        sum(_count(r, "completion_tokens") for r in reported),
+    )
+
+
+async def counted_usage(client: IWorkerClient, choices: list[Choice], text: str) -> dict:
+    """
+    The usage counted here, for a worker that did not report it: prompt
+    tokens with the worker's tokenizer where it has one, completion tokens
+    as the chunks it sent.
+    """
     prompt = await count_prompt_tokens(client, text)
     return make_usage(prompt, sum(len(c.parts) + len(c.tool_calls) for c in choices))
 

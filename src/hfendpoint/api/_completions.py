@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred, FirstError, gatherResults
 
-from hfendpoint.api._choices import CALL, Choice, finish_reason_of, new_id, run_choices, usage_for
+from hfendpoint.api._choices import CALL, Choice, counted_usage, finish_reason_of, new_id, reported_usage, run_choices
 from hfendpoint.api._completions_request import COMPLETION_REQUEST, completion_request
 from hfendpoint.api._contract import Schema, nullable, ref
 from hfendpoint.api._wording import is_number
@@ -136,7 +136,7 @@ class Completion:
     async def _usage(self, runs: list[tuple[str, list[Choice]]]) -> dict:
         prompt = completion = 0
         for text, choices in runs:
-            usage = await usage_for(self._client, choices, text)
+            usage = reported_usage(choices) or await counted_usage(self._client, choices, text)
             prompt += usage["prompt_tokens"]
             completion += usage["completion_tokens"]
         return make_usage(prompt, completion)

@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 from attrs import frozen
 
-from hfendpoint.api._choices import CALL, Choice, new_id, prompt_text, run_choices, usage_for
+from hfendpoint.api._choices import CALL, Choice, counted_usage, new_id, prompt_text, reported_usage, run_choices
 from hfendpoint.api._contract import Body, Boolean, Components, Field, Integer, Refused, Schema, String, ref
 from hfendpoint.api._wording import invalid_value, missing, not_one_of, shown, wrong_type
 from hfendpoint.api._endpoint import Context, Endpoint, Reply, Stream
@@ -197,7 +197,9 @@ class Responder:
         }
 
     async def _usage(self, choice: Choice) -> dict:
-        usage = await usage_for(self._client, [choice], prompt_text(self._data["messages"]))
+        usage = reported_usage([choice]) or await counted_usage(
+            self._client, [choice], prompt_text(self._data["messages"])
+        )
         return {
             "input_tokens": usage["prompt_tokens"],
             "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
