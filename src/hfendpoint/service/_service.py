@@ -153,13 +153,16 @@ class GatewayService(MultiService):
         """
         The resources every request passes through, outermost first: the
         forwarded headers believed or removed, its id, cross-site checks,
-        its API key, C{/metrics}, then admission control and the API (the
-        site itself counts and times each request as it finishes it).
+        its API key (when keys are configured), C{/metrics}, then admission
+        control and the API (the site itself counts and times each request
+        as it finishes it).
         """
         resource = self.admission
         if self.metrics is not None:
             resource = MetricsResource(self.metrics.registry, resource)
-        resource = KeyedResource(resource, self.api_keys)
+        if self.api_keys:
+            # With no key and no key file, none is ever asked for.
+            resource = KeyedResource(resource, self.api_keys)
         resource = CrossSiteResource(resource, config.cors_origins)
         return ForwardedResource(RequestIdResource(resource), TrustedProxies(config.forwarded_allow_ips))
 
