@@ -221,6 +221,15 @@ class RequestIdTests(TestCase):
         await response.content()
         self.assertEqual(response.headers.getRawHeaders(b"x-request-id"), [b"abc-123"])
 
+    async def test_the_last_one_sent_counts(self):
+        """
+        A header sent twice is read as Twisted's C{getHeader} reads it:
+        its last value.
+        """
+        response = await self.http.get(self.url + "/health", headers={"X-Request-Id": ["first", "second"]})
+        await response.content()
+        self.assertEqual(response.headers.getRawHeaders(b"x-request-id"), [b"second"])
+
     async def test_generated_when_absent_or_unusable(self):
         seen = set()
         for given in (None, "x" * 200, "bad id\x01", "<script>"):

@@ -27,11 +27,11 @@ class IdMaker:
     """
 
     def __init__(self) -> None:
-        self._prefix = os.urandom(8).hex().encode("ascii")
+        self._format = os.urandom(8).hex().encode("ascii") + b"%016x"
         self._count = itertools.count(1)
 
     def __call__(self) -> bytes:
-        return b"%s%016x" % (self._prefix, next(self._count))
+        return self._format % next(self._count)
 
 
 def request_id_of(request: Any) -> str:
@@ -56,7 +56,8 @@ class RequestIdResource(Resource):
         self._new_id = IdMaker()
 
     def render(self, request: Any) -> Any:
-        ident = request.getHeader(b"x-request-id")
+        sent = request.requestHeaders.getRawHeaders(b"x-request-id")
+        ident = sent[-1] if sent else None
         if ident is None or not _USABLE.match(ident):
             ident = self._new_id()
         request.request_id = ident.decode("ascii")
