@@ -12,6 +12,7 @@ from twisted.internet import abstract
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import http
+from twisted.web.http_headers import Headers
 
 from hfendpoint import _twisted_private
 
@@ -77,11 +78,49 @@ class CheckTests(SynchronousTestCase):
         self.patch(abstract.FileDescriptor, "__init__", init)
         self.assertEqual(_twisted_private.missing_names(), ["_tempDataLen"])
 
+    def test_a_reshaped_header_table_is_found(self):
+        def lowered(self, name, values):
+            self._rawHeaders[name.lower()] = list(values)
+
+        self.patch(Headers, "setRawHeaders", lowered)
+        self.assertEqual(_twisted_private.missing_names(), ["Headers._rawHeaders"])
+
     def test_send_to_another_transport_writes_to_it(self):
         transport = StringTransport()
         _twisted_private.send(transport, b"one")
         _twisted_private.send_parts(transport, [b"two", b"three"])
         self.assertEqual(transport.value(), b"onetwothree")
+
+
+class HeaderTests(SynchronousTestCase):
+    """
+    The header table and the setter read and write what Twisted's public
+    methods do, on the path this process takes and on the other.
+    """
+
+    def each_path(self):
+        yield _twisted_private.header_table, _twisted_private.set_header
+        yield _twisted_private._table, _twisted_private._set_in_table
+        yield _twisted_private._table_copy, _twisted_private._set_through_twisted
+
+    def test_a_header_set_is_read_by_twisted(self):
+        for _, set_header in self.each_path():
+            headers = Headers({b"x-request-id": [b"old"]})
+            set_header(headers, b"X-Request-Id", b"new")
+            set_header(headers, b"Content-Length", b"12")
+            self.assertEqual(headers.getRawHeaders(b"x-request-id"), [b"new"])
+            self.assertEqual(
+                dict(headers.getAllRawHeaders()), {b"X-Request-Id": [b"new"], b"Content-Length": [b"12"]}
+            )
+
+    def test_the_table_has_what_twisted_set(self):
+        for header_table, _ in self.each_path():
+            headers = Headers()
+            headers.addRawHeader(b"content-type", b"text/plain")
+            headers.addRawHeader(b"CONTENT-TYPE", b"application/json")
+            table = header_table(headers)
+            self.assertEqual(table.get(b"Content-Type"), [b"text/plain", b"application/json"])
+            self.assertNotIn(b"X-Forwarded-For", table)
 
 
 class ImportTests(SynchronousTestCase):

@@ -19,7 +19,7 @@ from attrs import frozen
 from hfendpoint.api._contract import Body
 from hfendpoint.errors import OpenAIError, unsupported_endpoint
 from hfendpoint.interfaces import IImageStore, IWorkerClient
-from hfendpoint.web import EventStream, parse_json_body, send_json, set_length, write_parts
+from hfendpoint.web import EventStream, parse_json_body, send_json, set_json_type, set_length, write_parts
 from hfendpoint.web._metrics import record_usage
 
 
@@ -131,11 +131,11 @@ def respond(request: Any, reply: Reply) -> Union[Optional[bytes], Awaitable[None
         record_usage(request, reply.get("usage"))
         return send_json(request, reply)
     if type(reply) is bytes:
-        request.setHeader(b"content-type", b"application/json")
+        set_json_type(request)
         set_length(request, len(reply))
         return reply
     if type(reply) is list:
-        request.setHeader(b"content-type", b"application/json")
+        set_json_type(request)
         write_parts(request, reply)
         return None
     return _run_stream(request, reply)

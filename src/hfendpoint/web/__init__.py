@@ -8,7 +8,7 @@ from hfendpoint.web._admission import AdmissionResource
 from hfendpoint.web._accesslog import AccessLog
 from hfendpoint.web._channel import GatewayChannel, HeldWrites
 from hfendpoint.web._coalescing import TurnFlusher
-from hfendpoint.web._json import dumps, parse_json_body, send_error, send_json, set_length, write_parts
+from hfendpoint.web._json import dumps, parse_json_body, send_error, send_json, set_json_type, set_length, write_parts
 from hfendpoint.web._multipart import FormPart, parse_form
 from hfendpoint.web._routing import ExactRoutes
 from hfendpoint.web._site import DEFAULT_MAX_BODY_SIZE, GatewaySite, LimitedRequest
@@ -31,6 +31,7 @@ __all__ = [
     "parse_json_body",
     "send_error",
     "send_json",
+    "set_json_type",
     "set_length",
     "write_parts",
 ]

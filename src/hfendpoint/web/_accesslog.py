@@ -12,11 +12,13 @@ then too: after the responses of the turn have left.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, TextIO, Union
+from typing import Any, Callable, Optional, Sequence, TextIO, Union
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.web.http import combinedLogFormatter
+
+from hfendpoint._twisted_private import header_table
 
 #: The bytes that Twisted's log escaping leaves as they are.
 _PLAIN = bytes(range(0x20, 0x7F)).replace(b"\\", b"").replace(b'"', b"")
@@ -84,8 +86,9 @@ def combined_line(timestamp: str, request: Any) -> str:
     if type(address) is not IPv4Address and type(address) is not IPv6Address:
         return combinedLogFormatter(timestamp, request)
     method, uri, protocol = request.method, request.uri, request.clientproto
-    referrer = request.getHeader(b"referer") or b"-"
-    agent = request.getHeader(b"user-agent") or b"-"
+    headers = header_table(request.requestHeaders)
+    referrer = _field(headers.get(b"Referer"))
+    agent = _field(headers.get(b"User-Agent"))
     if b"".join((method, uri, protocol, referrer, agent)).translate(None, _PLAIN):
         return combinedLogFormatter(timestamp, request)
     return '"%s" - - %s "%s %s %s" %d %s "%s" "%s"' % (
@@ -99,6 +102,14 @@ def combined_line(timestamp: str, request: Any) -> str:
         referrer.decode("ascii"),
         agent.decode("ascii"),
     )
+
+
+def _field(values: Optional[Sequence[bytes]]) -> bytes:
+    """
+    A header's field of the line: its last value, as C{getHeader} reads
+    it, or C{-}.
+    """
+    return (values[-1] if values else None) or b"-"
 
 
 def combined_line_with_id(timestamp: str, request: Any) -> str:

@@ -12,6 +12,7 @@ from typing import Any, Iterable
 
 from twisted.web.resource import Resource
 
+from hfendpoint._twisted_private import header_table
 from hfendpoint.errors import OpenAIError
 from hfendpoint.web._json import send_error
 
@@ -75,9 +76,9 @@ class CrossSiteResource(Resource):
             if request.method == b"OPTIONS" and allowed and request.getHeader(b"access-control-request-method"):
                 return self._preflight(request)
         if request.method == b"POST" and not allowed and request.path not in FORM_PATHS:
-            content_type = request.getHeader(b"content-type")
-            if content_type is not None and content_type != b"application/json" and not is_json(content_type):
-                return send_error(request, unsupported_media_type(content_type))
+            sent = header_table(request.requestHeaders).get(b"Content-Type")
+            if sent and sent[-1] != b"application/json" and not is_json(sent[-1]):
+                return send_error(request, unsupported_media_type(sent[-1]))
         return self._inner.render(request)
 
     def _preflight(self, request: Any) -> bytes:

@@ -16,6 +16,8 @@ from typing import Any, Iterable, Optional, Union
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.web.resource import Resource
 
+from hfendpoint._twisted_private import header_table
+
 FORWARDED_HEADERS = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
 #: The schemes a URL of ours may have.
 SCHEMES = (b"http", b"https")
@@ -84,8 +86,8 @@ class ForwardedResource(Resource):
 
     def render(self, request: Any) -> Any:
         headers = request.requestHeaders
-        has = headers.hasHeader
-        if has(b"x-forwarded-for") or has(b"x-forwarded-proto") or has(b"x-forwarded-host"):
+        table = header_table(headers)
+        if b"X-Forwarded-For" in table or b"X-Forwarded-Proto" in table or b"X-Forwarded-Host" in table:
             if self._proxies.trusts_peer(request.getClientAddress()):
                 self._believe(request)
             else:

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from hfendpoint._twisted_private import set_header
 from hfendpoint.errors import OpenAIError, invalid_request
 
 encode_string = json.encoder.encode_basestring  # type: ignore[attr-defined]
@@ -62,7 +63,7 @@ def send_json(request: Any, value: Any, status: int = 200) -> bytes:
     Klein to write.
     """
     request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json")
+    set_json_type(request)
     body = dumps(value)
     set_length(request, len(body))
     return body
@@ -73,7 +74,14 @@ def set_length(request: Any, size: int) -> None:
     Send a whole body with its length rather than chunked: clients read it
     in one piece, and the framing costs nothing.
     """
-    request.setHeader(b"content-length", b"%d" % size)
+    set_header(request.responseHeaders, b"Content-Length", b"%d" % size)
+
+
+def set_json_type(request: Any) -> None:
+    """
+    Say that the body is JSON.
+    """
+    set_header(request.responseHeaders, b"Content-Type", b"application/json")
 
 
 def write_parts(request: Any, parts: list[bytes]) -> None:
@@ -88,7 +96,7 @@ def write_parts(request: Any, parts: list[bytes]) -> None:
 
 def send_error(request: Any, error: OpenAIError) -> bytes:
     request.setResponseCode(error.status)
-    request.setHeader(b"content-type", b"application/json")
+    set_json_type(request)
     for name, value in error.headers.items():
         request.setHeader(name.encode("ascii"), value.encode("ascii"))
     body = error.to_json()

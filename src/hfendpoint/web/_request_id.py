@@ -14,6 +14,8 @@ from typing import Any
 
 from twisted.web.resource import Resource
 
+from hfendpoint._twisted_private import header_table, set_header
+
 #: Longest client id kept; a longer one is replaced.
 MAX_LENGTH = 128
 _USABLE = re.compile(rb"[A-Za-z0-9._:/+=@-]{1,%d}\Z" % MAX_LENGTH)
@@ -56,11 +58,11 @@ class RequestIdResource(Resource):
         self._new_id = IdMaker()
 
     def render(self, request: Any) -> Any:
-        sent = request.requestHeaders.getRawHeaders(b"x-request-id")
+        sent = header_table(request.requestHeaders).get(b"X-Request-Id")
         ident = sent[-1] if sent else None
         if ident is None or not _USABLE.match(ident):
             ident = self._new_id()
         request.request_id = ident.decode("ascii")
         request.started = time.time()
-        request.responseHeaders.setRawHeaders(b"x-request-id", [ident])
+        set_header(request.responseHeaders, b"X-Request-Id", ident)
         return self._inner.render(request)

@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES, datetimeToLogString, datetimeToString
 from twisted.web.server import Request, Site
 
-from hfendpoint._twisted_private import DIRECT, site_protocol
+from hfendpoint._twisted_private import DIRECT, set_header, site_protocol
 from hfendpoint.errors import OpenAIError
 from hfendpoint.web._accesslog import AccessLog, combined_line, is_stream
 from hfendpoint.web._channel import GatewayChannel
@@ -118,8 +118,8 @@ class LimitedRequest(Request):
         """
         self.site = site = self.channel.site
         headers = self.responseHeaders
-        headers.setRawHeaders(b"server", [SERVER])
-        headers.setRawHeaders(b"date", [site.http_date()])
+        set_header(headers, b"Server", SERVER)
+        set_header(headers, b"Date", site.http_date())
         if self.path == b"*":
             self._answer_star()
             return
