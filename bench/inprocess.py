@@ -3,8 +3,9 @@
 The gateway's CPU time per small request, in one process, with no socket,
 no scheduler and no other program in the measure: the whole gateway
 (site, front resources, app, client, worker protocol, flusher) on a
-memory reactor (L{hfendpoint.testing.MemoryGateway}), the HTTP requests
-written straight into its channels, a worker in memory answering at once.
+memory reactor (L{hfendpoint.testing.MemoryGateway}) with its access log
+on as the command has it, the HTTP requests written straight into its
+channels, a worker in memory answering at once.
 
     python bench/inprocess.py [--chat] [--batches 150] [--runs 7]
     python bench/inprocess.py --against OTHER_TREE [--chat] [--rounds 6]
@@ -161,6 +162,19 @@ def serve(gateway: MemoryGateway, opened: list, request: bytes) -> None:
         transport.clear()
 
 
+class Discarded:
+    """
+    Where the access log's lines go: as the command writes them (to its
+    standard error, by default), without a file in the measure.
+    """
+
+    def write(self, text: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
 def measure(chat: bool, batches: int) -> float:
     """
     Microseconds of CPU per request, over C{batches} rounds of one request
@@ -170,6 +184,7 @@ def measure(chat: bool, batches: int) -> float:
         {"embeddings": embeddings, "chat_completions": chat_completions},
         reactor=HeapClock(),
         worker={"model": shapes.MODEL},
+        access_log=Discarded(),
     )
     gateway.start()
     opened = connections(gateway)
