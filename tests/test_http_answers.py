@@ -7,6 +7,7 @@ the status lines and headers of a few answers.
 
 from __future__ import annotations
 
+import gc
 from io import BytesIO
 
 from twisted.internet.task import Clock
@@ -270,3 +271,62 @@ class ReasonPhraseTests(HTTPTestCase):
         client.send(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
         [response] = client.responses()
         self.assertEqual(response[:2], (429, b"Too Many Requests"))
+
+
+def _embed(data):
+    return {"embeddings": [[0.5, 0.25] for _ in data["input"]]}
+
+
+def _chat(data):
+    yield {"content": "Hi", "finish_reason": None}
+    yield {"content": "", "finish_reason": "stop", "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+
+class NoGarbageTests(TestCase):
+    """
+    A request served leaves nothing for the garbage collector: every
+    object it made goes when the last reference to it does. A request
+    whose objects held each other (a cycle) would live on until a
+    collection, and cost far more than its own work.
+    """
+
+    def serve(self, gateway, channels, body_path, body) -> None:
+        request = b"POST %s HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+            body_path,
+            len(body),
+            body,
+        )
+        for channel, _ in channels:
+            channel.dataReceived(request)
+        gateway.flush()
+        for _, transport in channels:
+            self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "), transport.value()[:400])
+            transport.clear()
+
+    def test_no_cycle_per_request(self) -> None:
+        from hfendpoint.testing import MemoryGateway
+
+        gateway = MemoryGateway({"embeddings": _embed, "chat_completions": _chat}, access_log=BytesIO())
+        gateway.start()
+        self.addCleanup(gateway.stop)
+        channels = []
+        for port in range(4):
+            peer = CLIENT.__class__("TCP", "127.0.0.1", 40000 + port)
+            channel = gateway.service.site.buildProtocol(peer)
+            transport = StringTransport(peerAddress=peer, hostAddress=SERVER)
+            channel.makeConnection(transport)
+            channels.append((channel, transport))
+        kinds = [
+            (b"/v1/embeddings", b'{"model":"m","input":[1,2,3]}'),
+            (b"/v1/chat/completions", b'{"model":"m","messages":[{"role":"user","content":"Hi"}]}'),
+            (b"/v1/chat/completions", b'{"model":"m","stream":true,"messages":[{"role":"user","content":"Hi"}]}'),
+        ]
+        for path, body in kinds:
+            self.serve(gateway, channels, path, body)
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        for _ in range(3):
+            for path, body in kinds:
+                self.serve(gateway, channels, path, body)
+        self.assertEqual(gc.collect(), 0)

@@ -6,9 +6,11 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import NOT_DONE_YET
-from twisted.web.test.requesthelper import DummyRequest
+from twisted.internet.error import ConnectionDone
+from twisted.web.test.requesthelper import DummyChannel, DummyRequest
 
 from hfendpoint.web._routing import ExactRoutes
+from hfendpoint.web._site import LimitedRequest
 
 
 class Fallback:
@@ -105,6 +107,45 @@ class ExactRoutesTests(SynchronousTestCase):
         self.assertEqual(self.cancelled, [True])
         self.assertEqual((request.written, request.finished), ([], 0))
         # The failure handler is not asked to answer a client that left.
+        self.assertEqual(self.failures, [])
+
+    def gateway_request(self, path):
+        request = LimitedRequest(DummyChannel(), False)
+        request.method = b"POST"
+        request.postpath = path.lstrip(b"/").split(b"/")
+        return request
+
+    def test_gateway_request_leaving_cancels_the_handler(self):
+        """
+        The gateway's own requests tell the route of a lost connection
+        themselves, without a C{notifyFinish} Deferred.
+        """
+        request = self.gateway_request(b"/v1/waits")
+        self.routes.render(request)
+        self.assertEqual(request.notifications, [])
+        request.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.cancelled, [True])
+        self.assertEqual(self.failures, [])
+        self.assertFalse(request.finished)
+        self.assertIsNone(request.on_lost)
+
+    def test_gateway_request_forgets_its_route_once_answered(self):
+        """
+        An answered request does not hold its route (nor the route it),
+        so that both go as soon as the request does, without the garbage
+        collector.
+        """
+        request = self.gateway_request(b"/v1/refuses")
+        request.finish = lambda: None
+        request.write = lambda data: None
+        self.routes.render(request)
+        self.assertIsNone(request.on_lost)
+
+    def test_gateway_request_failing_after_it_left_is_logged(self):
+        request = self.gateway_request(b"/v1/fails")
+        self.routes.render(request)
+        request.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
         self.assertEqual(self.failures, [])
 
     def test_failure_after_the_client_left_is_logged(self):

@@ -40,6 +40,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from hfendpoint.errors import OpenAIError, invalid_request, not_found
 from hfendpoint.web._json import send_error
+from hfendpoint.web._site import LimitedRequest
 
 #: One logger for the module: a Logger that is a class attribute makes a
 #: new Logger on every access through an instance, one per request here.
@@ -113,31 +114,54 @@ class _Exchange:
     One request served by a route handler, from its call to C{finish}.
     """
 
-    __slots__ = ("_request", "_on_failure", "_over", "_deferred")
+    __slots__ = ("_request", "_on_failure", "_over", "_told", "_deferred")
 
     def __init__(self, request: Any, handler: Handler, on_failure: OnFailure) -> None:
         self._request = request
         self._on_failure = on_failure
         self._over = False
         self._deferred: Deferred = ensureDeferred(handler(request))
-        request.notifyFinish().addBoth(self._ended)
+        # The gateway's own requests tell of a lost connection themselves,
+        # without the Deferred of notifyFinish.
+        self._told = isinstance(request, LimitedRequest)
+        if self._told:
+            request.on_lost = self._lost
+        else:
+            request.notifyFinish().addErrback(self._lost)
         self._deferred.addCallbacks(self._respond, self._failed)
         self._deferred.addErrback(_log.failure, "Could not write a response")
 
-    def _ended(self, result: Any) -> None:
+    def _settled(self) -> bool:
+        """
+        The handler is done: whether the answer is no longer this
+        exchange's to write. The request forgets it, or the two would
+        hold each other until the garbage collector found them.
+        """
+        if self._told:
+            self._request.on_lost = None
+        return self._over or bool(self._request.finished)
+
+    def _lost(self, reason: Failure) -> None:
+        """
+        The client went away before the answer was finished: the handler
+        is cancelled.
+        """
         self._over = True
-        if isinstance(result, Failure):
-            self._deferred.cancel()
+        self._deferred.cancel()
 
     def _respond(self, body: Optional[bytes]) -> None:
-        if self._over:
+        if self._settled():
+            # Gone, or answered by the handler itself (a stream).
             return
+        self._write(body)
+
+    def _write(self, body: Optional[bytes]) -> None:
         if body is not None:
             self._request.write(body)
         self._request.finish()
 
     def _failed(self, failure: Failure) -> None:
-        if self._over:
+        if self._settled():
             if not failure.check(CancelledError):
                 _log.failure(
                     "A request failed after its client left (request {request_id})",
@@ -145,4 +169,4 @@ class _Exchange:
                     request_id=getattr(self._request, "request_id", None),
                 )
             return
-        self._respond(self._on_failure(self._request, failure))
+        self._write(self._on_failure(self._request, failure))

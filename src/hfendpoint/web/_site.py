@@ -91,7 +91,7 @@ class LimitedRequest(Request):
     # per class in its compact shared form, and the request id's two more
     # (on top of the rest of the hot path's) cost one to three
     # microseconds of a small request, measured side by side.
-    __slots__ = ("_rejected", "_received", "request_id", "started")
+    __slots__ = ("_rejected", "_received", "request_id", "started", "on_lost")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._rejected = False
@@ -100,7 +100,16 @@ class LimitedRequest(Request):
         self.request_id: Optional[str] = None
         #: When its resource was first asked to render it (the same).
         self.started: Optional[float] = None
+        #: Told why, if its connection is lost before it is finished: what
+        #: serves it (L{hfendpoint.web._routing.ExactRoutes}) needs nothing
+        #: else of C{notifyFinish}, whose Deferred a request would cost.
+        self.on_lost: Optional[Callable[[Failure], object]] = None
         super().__init__(*args, **kwargs)
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        if self.on_lost is not None:
+            self.on_lost(reason)
 
     def setResponseCode(self, code: int, message: Optional[bytes] = None) -> None:
         if message is None:
