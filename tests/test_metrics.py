@@ -202,8 +202,14 @@ class FinishedTests(SynchronousTestCase):
         for i in range(100):
             self.finish(metrics, b"/v1/images/%d" % i, method=b"GET", code=404)
             self.finish(metrics, b"/nowhere/%d" % i, method=b"X%d" % i, code=404)
+            metrics.usage(b"/v1/images/%d" % i, {"prompt_tokens": 1})
         self.assertEqual(len(metrics._series), 0)
+        self.assertEqual(len(metrics._tokens), 0)
         self.assertEqual(len(metrics.requests.values), 2)
+        self.assertEqual(
+            metrics.registry.get_sample_value("hfendpoint_prompt_tokens_total", {"endpoint": "/v1/images/{image_id}"}),
+            100,
+        )
 
 
 class MemoryMetricsTests(SynchronousTestCase):

@@ -34,6 +34,17 @@ class CounterTallyTests(SynchronousTestCase):
         self.assertEqual(found[("x_requests_total", (("endpoint", "/a"), ("status", "400")))], 3)
         self.assertEqual(len(found), 2)
 
+    def test_a_kept_series_counts(self):
+        """
+        A caller that counts often keeps its series and adds to it.
+        """
+        tally = CounterTally("x_requests", "Requests", ["endpoint"])
+        kept = tally.of(("/a",))
+        self.assertIs(tally.of(("/a",)), kept)
+        kept.value += 2
+        tally.add(("/a",))
+        self.assertEqual(scraped(tally), {("x_requests_total", (("endpoint", "/a"),)): 3})
+
 
 class HistogramTallyTests(SynchronousTestCase):
     def test_same_as_prometheus_clients_own(self):

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from twisted.web.resource import Resource
 
-from hfendpoint.web._tally import CounterTally, HistogramTally, TallyCollector
+from hfendpoint.web._tally import Buckets, Count, CounterTally, HistogramTally, TallyCollector
 
 METRICS_PATH = b"/metrics"
 _METHODS = frozenset({b"GET", b"POST", b"DELETE", b"HEAD", b"OPTIONS", b"PUT", b"PATCH"})
@@ -58,6 +58,31 @@ def endpoint_of(path: bytes) -> str:
         if path.startswith(prefix) and b"/" not in path[len(prefix) :]:
             return template
     return "other"
+
+
+class _Finished:
+    """
+    What a finished request of one path, method and status counts: its
+    series of the requests counter and of the durations.
+    """
+
+    __slots__ = ("requests", "duration")
+
+    def __init__(self, requests: Count, duration: Buckets) -> None:
+        self.requests = requests
+        self.duration = duration
+
+
+class _Tokens:
+    """
+    The token counters of one endpoint.
+    """
+
+    __slots__ = ("prompt", "completion")
+
+    def __init__(self, prompt: Count, completion: Count) -> None:
+        self.prompt = prompt
+        self.completion = completion
 
 
 class HTTPMetrics:
@@ -112,9 +137,12 @@ class HTTPMetrics:
             self.completion_tokens,
         ]
         registry.register(TallyCollector(self.tallies))
-        #: By the path, method and status of a finished request: its
-        #: counter's key and its duration's buckets.
-        self._series: dict[tuple, tuple] = {}
+        #: By the path, method and status of a finished request: what it
+        #: counts. Only the paths the API has are kept, so that no client
+        #: can grow it.
+        self._series: dict[tuple, _Finished] = {}
+        #: By path: the token counters of the API's paths.
+        self._tokens: dict[bytes, _Tokens] = {}
 
     def finished(self, request: Any, now: float) -> None:
         """
@@ -122,28 +150,31 @@ class HTTPMetrics:
         (L{GatewaySite.log}, called for every finished request: no
         per-request callback is needed).
         """
-        started = getattr(request, "started", None)
-        seconds = now - started if started else 0.0
-        key = (request.path, request.method, request.code)
-        series = self._series.get(key)
+        series = self._series.get((request.path, request.method, request.code))
         if series is None:
-            method = request.method.decode("ascii", "replace") if request.method in _METHODS else "other"
-            endpoint = endpoint_of(request.path)
-            series = ((endpoint, method, str(request.code)), self.duration.of((endpoint,)))
-            # Only the paths the API has are kept, so that no client can
-            # grow the dictionary.
-            if request.path in EXACT_ENDPOINTS and request.method in _METHODS:
-                self._series[key] = series
-        self.requests.add(series[0])
-        series[1].observe(seconds)
+            series = self._finished_series(request)
+        series.requests.value += 1
+        started = getattr(request, "started", None)
+        series.duration.observe(now - started if started else 0.0)
 
-    def usage(self, endpoint: str, usage: Any) -> None:
+    def _finished_series(self, request: Any) -> _Finished:
+        method = request.method.decode("ascii", "replace") if request.method in _METHODS else "other"
+        endpoint = endpoint_of(request.path)
+        series = _Finished(self.requests.of((endpoint, method, str(request.code))), self.duration.of((endpoint,)))
+        if request.path in EXACT_ENDPOINTS and request.method in _METHODS:
+            self._series[(request.path, request.method, request.code)] = series
+        return series
+
+    def usage(self, path: bytes, usage: Any) -> None:
         """
-        Count the tokens of a request's C{usage} (OpenAI's shape, of any
-        endpoint).
+        Count the tokens of the C{usage} (OpenAI's shape, of any endpoint)
+        of a request to C{path}.
         """
         if not isinstance(usage, dict):
             return
+        counts = self._tokens.get(path)
+        if counts is None:
+            counts = self._token_counts(path)
         prompt = usage.get("prompt_tokens")
         if prompt is None:
             prompt = usage.get("input_tokens")
@@ -151,9 +182,16 @@ class HTTPMetrics:
         if completion is None:
             completion = usage.get("output_tokens")
         if isinstance(prompt, int) and prompt > 0:
-            self.prompt_tokens.add((endpoint,), prompt)
+            counts.prompt.value += prompt
         if isinstance(completion, int) and completion > 0:
-            self.completion_tokens.add((endpoint,), completion)
+            counts.completion.value += completion
+
+    def _token_counts(self, path: bytes) -> _Tokens:
+        key = (endpoint_of(path),)
+        counts = _Tokens(self.prompt_tokens.of(key), self.completion_tokens.of(key))
+        if path in EXACT_ENDPOINTS:
+            self._tokens[path] = counts
+        return counts
 
 
 def metrics_of(request: Any) -> Optional["HTTPMetrics"]:
@@ -170,7 +208,7 @@ def record_usage(request: Any, usage: Any) -> None:
     """
     metrics = metrics_of(request)
     if metrics is not None and usage:
-        metrics.usage(endpoint_of(request.path), usage)
+        metrics.usage(request.path, usage)
 
 
 def stream_timer(request: Any, clock: Callable[[], float] = time.time) -> Optional["StreamTimer"]:

@@ -19,6 +19,18 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.utils import floatToGoString
 
 
+class Count:
+    """
+    One series of a counter: a caller that counts often keeps it and adds
+    to its C{value} (L{CounterTally.of}).
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value: float = 0
+
+
 class CounterTally:
     """
     A counter by label values; C{name} without the C{_total} that
@@ -31,16 +43,24 @@ class CounterTally:
         self.name = name
         self.documentation = documentation
         self.labels = list(labels)
-        self.values: dict[tuple[str, ...], float] = {}
+        self.values: dict[tuple[str, ...], Count] = {}
+
+    def of(self, key: tuple[str, ...]) -> Count:
+        """
+        The series of C{key}, made on its first use.
+        """
+        count = self.values.get(key)
+        if count is None:
+            count = self.values[key] = Count()
+        return count
 
     def add(self, key: tuple[str, ...], amount: float = 1) -> None:
-        values = self.values
-        values[key] = values.get(key, 0) + amount
+        self.of(key).value += amount
 
     def family(self) -> Metric:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
-        for key, value in self.values.items():
-            family.add_metric(list(key), value)
+        for key, count in self.values.items():
+            family.add_metric(list(key), count.value)
         return family
 
 
