@@ -330,3 +330,37 @@ class NoGarbageTests(TestCase):
             for path, body in kinds:
                 self.serve(gateway, channels, path, body)
         self.assertEqual(gc.collect(), 0)
+
+
+class ResourceTreeTests(TestCase):
+    """
+    The site finds a request's resource as Twisted's does: a leaf root
+    takes every path, any other root is walked.
+    """
+
+    def answer(self, root, path: bytes) -> bytes:
+        site = GatewaySite(root, access_log=False)
+        site.reactor = Clock()
+        protocol = site.buildProtocol(CLIENT)
+        transport = StringTransport(peerAddress=CLIENT, hostAddress=SERVER)
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"GET %s HTTP/1.1\r\nHost: a\r\n\r\n" % path)
+        return transport.value()
+
+    def test_a_leaf_root_takes_every_path(self) -> None:
+        self.assertIn(b"hello", self.answer(_Paths(), b"/a/b"))
+        self.assertIn(b"[] [b'a', b'b']", self.answer(_Paths(), b"/a/b"))
+
+    def test_a_tree_is_walked(self) -> None:
+        root = Resource()
+        root.putChild(b"a", _Paths())
+        self.assertIn(b"[b'a'] [b'b']", self.answer(root, b"/a/b"))
+        self.assertIn(b"404", self.answer(root, b"/c")[:20])
+
+
+class _Paths(Resource):
+    isLeaf = True
+
+    def render_GET(self, request) -> bytes:
+        assert request.sitepath == [] and request.sitepath is not request.prepath
+        return b"hello %r %r" % (request.prepath, request.postpath)

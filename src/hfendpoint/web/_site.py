@@ -15,6 +15,7 @@ from urllib.parse import unquote_to_bytes
 
 from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES, datetimeToLogString, datetimeToString
+from twisted.web.resource import getChildForRequest
 from twisted.web.server import Request, Site
 
 from hfendpoint._twisted_private import DIRECT, set_header, site_protocol
@@ -259,6 +260,20 @@ class GatewaySite(Site):
         self._stream: Optional[AccessLog] = None
         self._log_time = EverySecond(datetimeToLogString)
         self._date = EverySecond(datetimeToString)
+
+    def getResourceFor(self, request: Any) -> Any:
+        """
+        Twisted's, without its walk when the root is a leaf, as the
+        gateway's is (its own routes take every path below it), and with
+        the request's C{sitepath} copied by a slice rather than
+        C{copy.copy}.
+        """
+        request.site = self
+        request.sitepath = request.prepath[:]
+        root = self.resource
+        if root.isLeaf:
+            return root
+        return getChildForRequest(root, request)
 
     def getContentFile(self, length: Optional[int]) -> Any:
         """
