@@ -311,6 +311,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--baseline-arg", metavar="OPTION", action="append", default=[],
                         help="an option for the baseline gateway's command (repeatable): with --baseline . "
                              "--baseline-arg=--no-metrics, what the metrics cost")
+    parser.add_argument("--rounds", type=int, metavar="N",
+                        help="rounds of each measurement that keeps its best (default 2, 1 with --quick): more for "
+                             "ratios within a few percent on a noisy machine")
     args = parser.parse_args(argv)
     baseline = None
     if args.baseline:
@@ -318,6 +321,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if not os.path.isdir(os.path.join(baseline, "src", "hfendpoint")):
             parser.error(f"--baseline: no src/hfendpoint in {args.baseline}")
     settings = Settings(args.quick)
+    if args.rounds:
+        settings.rounds = args.rounds
     chosen = [s for s in SCENARIOS if not args.scenario or s in args.scenario]
 
     if shutil.which("wrk") is None:
