@@ -347,11 +347,10 @@ class Body:
         own request refuses a float), and a saturated bound as its limit.
         """
         data = dict(body)
-        for name, value in checked.items():
-            if type(value) is int:
-                given = body.get(name)
-                if given is not None and (type(given) is not int or given != value):
-                    data[name] = value
+        for name, given in body.items():
+            value = checked.get(name)
+            if type(value) is int and given is not None and (type(given) is not int or given != value):
+                data[name] = value
         return data
 
     def validate(self, body: dict) -> dict:
