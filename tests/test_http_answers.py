@@ -10,8 +10,10 @@ from __future__ import annotations
 import gc
 from io import BytesIO
 
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyChannel
@@ -192,6 +194,51 @@ class RequestSlotsTests(TestCase):
         request.handleContentChunk(b"x")
         self.assertEqual((request.request_id, request.started, request._received), ("abc", 1.0, 1))
         self.assertFalse({"request_id", "started", "_received", "_rejected"} & set(vars(request)))
+
+
+class WhenDoneTests(TestCase):
+    """
+    L{LimitedRequest.when_done}: what C{notifyFinish} tells, without a
+    Deferred.
+    """
+
+    def request(self) -> LimitedRequest:
+        request = LimitedRequest(DummyChannel(), False)
+        request.method = b"GET"
+        request.clientproto = b"HTTP/1.1"
+        return request
+
+    def test_finished(self) -> None:
+        request = self.request()
+        told: list = []
+        request.when_done(told.append)
+        request.when_done(lambda reason: told.append(("second", reason)))
+        request.finish()
+        self.assertEqual(told, [None, ("second", None)])
+        self.assertEqual(request.notifications, [])
+
+    def test_lost(self) -> None:
+        request = self.request()
+        told: list = []
+        request.when_done(told.append)
+        reason = Failure(ConnectionDone())
+        request.connectionLost(reason)
+        self.assertEqual(told, [reason])
+
+    def test_told_once(self) -> None:
+        request = self.request()
+        told: list = []
+        request.when_done(told.append)
+        request.finish()
+        request.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(told, [None])
+
+    def test_asked_once_finished(self) -> None:
+        request = self.request()
+        request.finish()
+        told: list = []
+        request.when_done(told.append)
+        self.assertEqual(told, [None])
 
 
 class _Hello(Resource):

@@ -127,19 +127,6 @@ class ExactRoutesTests(SynchronousTestCase):
         self.assertEqual(self.cancelled, [True])
         self.assertEqual(self.failures, [])
         self.assertFalse(request.finished)
-        self.assertIsNone(request.on_lost)
-
-    def test_gateway_request_forgets_its_route_once_answered(self):
-        """
-        An answered request does not hold its route (nor the route it),
-        so that both go as soon as the request does, without the garbage
-        collector.
-        """
-        request = self.gateway_request(b"/v1/refuses")
-        request.finish = lambda: None
-        request.write = lambda data: None
-        self.routes.render(request)
-        self.assertIsNone(request.on_lost)
 
     def test_gateway_request_failing_after_it_left_is_logged(self):
         request = self.gateway_request(b"/v1/fails")

@@ -20,6 +20,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from hfendpoint.errors import OpenAIError
 from hfendpoint.web._json import send_error
+from hfendpoint.web._site import when_done
 
 
 def too_many_requests(retry_after: int) -> OpenAIError:
@@ -103,7 +104,7 @@ class AdmissionResource(Resource):
 
     def _admit(self, request: Any) -> None:
         self.in_flight += 1
-        request.notifyFinish().addBoth(self._release)
+        when_done(request, self._release)
 
     def _release(self, result: Any) -> None:
         self.in_flight -= 1

@@ -40,7 +40,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from hfendpoint.errors import OpenAIError, invalid_request, not_found
 from hfendpoint.web._json import send_error
-from hfendpoint.web._site import LimitedRequest
+from hfendpoint.web._site import when_done
 
 #: One logger for the module: a Logger that is a class attribute makes a
 #: new Logger on every access through an instance, one per request here.
@@ -114,40 +114,30 @@ class _Exchange:
     One request served by a route handler, from its call to C{finish}.
     """
 
-    __slots__ = ("_request", "_on_failure", "_over", "_told", "_deferred")
+    __slots__ = ("_request", "_on_failure", "_over", "_deferred")
 
     def __init__(self, request: Any, handler: Handler, on_failure: OnFailure) -> None:
         self._request = request
         self._on_failure = on_failure
         self._over = False
         self._deferred: Deferred = ensureDeferred(handler(request))
-        # The gateway's own requests tell of a lost connection themselves,
-        # without the Deferred of notifyFinish.
-        self._told = isinstance(request, LimitedRequest)
-        if self._told:
-            request.on_lost = self._lost
-        else:
-            request.notifyFinish().addErrback(self._lost)
+        when_done(request, self._ended)
         self._deferred.addCallbacks(self._respond, self._failed)
         self._deferred.addErrback(_log.failure, "Could not write a response")
 
+    def _ended(self, reason: Optional[Failure]) -> None:
+        self._over = True
+        if reason is not None:
+            # The client went away before the answer was finished.
+            self._deferred.cancel()
+
     def _settled(self) -> bool:
         """
-        The handler is done: whether the answer is no longer this
-        exchange's to write. The request forgets it, or the two would
-        hold each other until the garbage collector found them.
+        Whether the answer is no longer this exchange's to write: the
+        client went away, or the handler finished the request itself (a
+        stream).
         """
-        if self._told:
-            self._request.on_lost = None
-        return self._over or bool(self._request.finished)
-
-    def _lost(self, reason: Failure) -> None:
-        """
-        The client went away before the answer was finished: the handler
-        is cancelled.
-        """
-        self._over = True
-        self._deferred.cancel()
+        return self._over
 
     def _respond(self, body: Optional[bytes]) -> None:
         if self._settled():

@@ -92,7 +92,7 @@ class LimitedRequest(Request):
     # per class in its compact shared form, and the request id's two more
     # (on top of the rest of the hot path's) cost one to three
     # microseconds of a small request, measured side by side.
-    __slots__ = ("_rejected", "_received", "request_id", "started", "on_lost")
+    __slots__ = ("_rejected", "_received", "request_id", "started", "_when_done")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._rejected = False
@@ -101,16 +101,39 @@ class LimitedRequest(Request):
         self.request_id: Optional[str] = None
         #: When its resource was first asked to render it (the same).
         self.started: Optional[float] = None
-        #: Told why, if its connection is lost before it is finished: what
-        #: serves it (L{hfendpoint.web._routing.ExactRoutes}) needs nothing
-        #: else of C{notifyFinish}, whose Deferred a request would cost.
-        self.on_lost: Optional[Callable[[Failure], object]] = None
+        self._when_done: Optional[list[Callable[[Optional[Failure]], object]]] = None
         super().__init__(*args, **kwargs)
+
+    def when_done(self, call: Callable[[Optional[Failure]], object]) -> None:
+        """
+        Call C{call} once: with C{None} when the request is finished, or
+        with the reason when its connection is lost first. What
+        C{notifyFinish} tells, without its Deferred: a Deferred made,
+        called back and run through cost a small request more than any
+        other part of the gateway's own work (C{bench/instructions.py}),
+        and every request has two or three parts that want to know.
+        """
+        if self.finished:
+            call(None)
+        elif self._when_done is None:
+            self._when_done = [call]
+        else:
+            self._when_done.append(call)
+
+    def finish(self) -> None:
+        super().finish()
+        self._done(None)
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
-        if self.on_lost is not None:
-            self.on_lost(reason)
+        self._done(reason)
+
+    def _done(self, reason: Optional[Failure]) -> None:
+        calls = self._when_done
+        if calls is not None:
+            self._when_done = None
+            for call in calls:
+                call(reason)
 
     def setResponseCode(self, code: int, message: Optional[bytes] = None) -> None:
         if message is None:
@@ -193,6 +216,19 @@ class LimitedRequest(Request):
             b"connection: close\r\n\r\n" + body
         )
         channel.loseConnection()
+
+
+def when_done(request: Any, call: Callable[[Optional[Failure]], object]) -> None:
+    """
+    Call C{call} with C{None} when C{request} is finished, or with the
+    reason when its connection is lost first: by the gateway's own
+    L{LimitedRequest.when_done}, or through C{notifyFinish} for any other
+    request (Twisted's own, the tests' C{DummyRequest}).
+    """
+    if isinstance(request, LimitedRequest):
+        request.when_done(call)
+    else:
+        request.notifyFinish().addBoth(call)
 
 
 class GatewaySite(Site):

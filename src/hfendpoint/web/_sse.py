@@ -13,6 +13,7 @@ from zope.interface import implementer
 from hfendpoint.web._coalescing import TurnFlusher
 from hfendpoint.web._json import dumps
 from hfendpoint.web._metrics import record_usage, stream_timer
+from hfendpoint.web._site import when_done
 
 _log = Logger()
 
@@ -62,11 +63,13 @@ class EventStream:
         self.started = False
         self.closed = False
         self._timer = stream_timer(request)
-        request.notifyFinish().addErrback(self._gone)
+        when_done(request, self._ended)
         request.registerProducer(self, True)
 
-    def _gone(self, failure: Any) -> None:
-        self.closed = True
+    def _ended(self, reason: Any) -> None:
+        if reason is not None:
+            # The client went away.
+            self.closed = True
 
     def _start(self) -> None:
         self.started = True
