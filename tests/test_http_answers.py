@@ -233,6 +233,19 @@ class WhenDoneTests(TestCase):
         request.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(told, [None])
 
+    def test_a_failing_call_is_logged(self) -> None:
+        """
+        A call that raises is logged, the next ones are still told, and
+        the failure does not reach the request's finish.
+        """
+        request = self.request()
+        told: list = []
+        request.when_done(lambda reason: 1 / 0)
+        request.when_done(told.append)
+        request.finish()
+        self.assertEqual(told, [None])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
     def test_asked_once_finished(self) -> None:
         request = self.request()
         request.finish()

@@ -131,27 +131,16 @@ class _Exchange:
             # The client went away before the answer was finished.
             self._deferred.cancel()
 
-    def _settled(self) -> bool:
-        """
-        Whether the answer is no longer this exchange's to write: the
-        client went away, or the handler finished the request itself (a
-        stream).
-        """
-        return self._over
-
     def _respond(self, body: Optional[bytes]) -> None:
-        if self._settled():
+        if self._over:
             # Gone, or answered by the handler itself (a stream).
             return
-        self._write(body)
-
-    def _write(self, body: Optional[bytes]) -> None:
         if body is not None:
             self._request.write(body)
         self._request.finish()
 
     def _failed(self, failure: Failure) -> None:
-        if self._settled():
+        if self._over:
             if not failure.check(CancelledError):
                 _log.failure(
                     "A request failed after its client left (request {request_id})",
@@ -159,4 +148,4 @@ class _Exchange:
                     request_id=getattr(self._request, "request_id", None),
                 )
             return
-        self._write(self._on_failure(self._request, failure))
+        self._respond(self._on_failure(self._request, failure))

@@ -13,6 +13,7 @@ import time
 from typing import Any, Callable, Optional, TextIO, Union
 from urllib.parse import unquote_to_bytes
 
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES, datetimeToLogString, datetimeToString
 from twisted.web.resource import getChildForRequest
@@ -43,6 +44,9 @@ IN_MEMORY_BODY = 100_000
 #: What the C{Server} header says: the software, not its version, which
 #: would only help an attacker pick an exploit.
 SERVER = b"hfendpoint"
+
+
+_log = Logger()
 
 
 def _reason(code: int) -> Optional[bytes]:
@@ -133,7 +137,13 @@ class LimitedRequest(Request):
         if calls is not None:
             self._when_done = None
             for call in calls:
-                call(reason)
+                # Each is told, whatever the one before did; and a failure
+                # never reaches the channel that is finishing or losing
+                # the request (a Deferred's callback would have kept it).
+                try:
+                    call(reason)
+                except Exception:
+                    _log.failure("Could not tell a part of the gateway that a request ended")
 
     def setResponseCode(self, code: int, message: Optional[bytes] = None) -> None:
         if message is None:
