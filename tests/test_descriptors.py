@@ -26,7 +26,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from hfendpoint import _twisted_private
 from hfendpoint._refusing import REFUSE_PER_PASS
-from hfendpoint._twisted_private import ReservePort, listen_tcp
+from hfendpoint._refusing import ReservePort, listen_tcp
 from hfendpoint.backend._reserve import DescriptorReserve
 
 from .gateway import start_gateway

@@ -32,7 +32,8 @@ The private names, all read here and nowhere else:
    back through the table, and the other way round;
  - of L{twisted.internet.tcp.Port}: that its C{doRead} takes clients
    with C{self.socket.accept()}, on the socket C{createInternetSocket}
-   made, and stops quietly at C{EAGAIN} (so that L{ReservePort} can
+   made, and stops quietly at C{EAGAIN} (so that
+   L{hfendpoint._refusing.ReservePort} can
    close, with the descriptors of a L{DescriptorReserve}, the clients it
    cannot accept when the process is out of descriptors, saying so once;
    see there what Twisted's own port does), and C{_type} (the "TLS" of a
@@ -45,19 +46,13 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
-from twisted.internet import abstract, posixbase, tcp
+from twisted.internet import abstract, tcp
 from twisted.internet.protocol import Factory
 from twisted.web import http
 from twisted.web.http_headers import Headers
 
-from hfendpoint._refusing import ListeningSocket, RefusingPort
-
-if TYPE_CHECKING:
-    # Not imported at run time: the backend package imports this module.
-    from hfendpoint.backend._reserve import DescriptorReserve
 
 #: The environment variable that forces the public path.
 PUBLIC_ONLY_VARIABLE = "HFENDPOINT_PUBLIC_TWISTED_ONLY"
@@ -144,7 +139,7 @@ def _port_accepts_from_its_socket() -> bool:
     """
     Whether L{tcp.Port.doRead} takes its clients from C{self.socket} and
     stops at C{EAGAIN}, and whether the port makes its socket with
-    C{createInternetSocket}: what L{ReservePort} relies on.
+    C{createInternetSocket}: what L{hfendpoint._refusing.ReservePort} relies on.
     """
     if not callable(getattr(tcp.Port, "createInternetSocket", None)):
         return False
@@ -337,109 +332,9 @@ def site_protocol(channel: http.HTTPChannel) -> Any:
     return http._GenericHTTPChannelProtocol(channel)
 
 
-#: Clients refused at most in one pass of the reactor, while out of
-#: descriptors.
-
-
-class ReservePort(RefusingPort, tcp.Port):
+def name_tls(port: Any) -> None:
     """
-    A TCP listening port that, when the process (or the system) is out of
-    file descriptors, accepts the clients waiting and closes them at once
-    with the descriptors of a L{DescriptorReserve}, which it then takes
-    back: the clients see their connection closed rather than wait in the
-    backlog, and the reactor is not woken again and again by a listening
-    socket it cannot accept from. The shortage is logged once, by the
-    reserve, when it starts and when it ends. Only used when L{DIRECT}.
-
-    Twisted's own port keeps one spare descriptor of its own for
-    C{EMFILE} (not C{ENFILE}) and logs each use of it (three lines to
-    close one client); once it fails to take that descriptor back (another
-    thread took it, say), it never tries again until it listens anew, and
-    from then on logs "Could not accept new connection (EMFILE)" on every
-    pass of the reactor while the clients wait in the backlog. This port
-    takes its reserve back after every use, and whenever a client is
-    accepted during a shortage.
-
-    If even the reserve gives nothing to accept with (another user of the
-    reserve could not take it back), the port stops reading for
-    C{pause} seconds rather than spin.
-
-    @ivar descriptor_reserve: the reserve, shared with whatever else
-        draws on it (the worker spawns).
-    @ivar refused: how many clients were closed for want of descriptors.
+    Have a TCP port that carries TLS say so in its log lines, as the ports
+    of Twisted's C{listenSSL} do (C{Port._type}).
     """
-
-    pause = 0.1
-
-    def __init__(
-        self,
-        port: int,
-        factory: Any,
-        backlog: int = 50,
-        interface: str = "",
-        reactor: Any = None,
-        *,
-        reserve: DescriptorReserve,
-    ) -> None:
-        super().__init__(port, factory, backlog, interface, reactor)
-        self.descriptor_reserve = reserve
-        self.refused = 0
-        self._resume_call: Any = None
-
-    def startListening(self) -> None:
-        self.descriptor_reserve.hold()
-        super().startListening()
-
-    def createInternetSocket(self) -> socket.socket:
-        return ListeningSocket(super().createInternetSocket(), self)
-
-
-def _reserve_usable(reactor: Any, reserve: Optional[DescriptorReserve]) -> bool:
-    return DIRECT and reserve is not None and isinstance(reactor, posixbase.PosixReactorBase)
-
-
-def listen_tcp(
-    reactor: Any,
-    port: int,
-    factory: Any,
-    backlog: int = 50,
-    interface: str = "",
-    reserve: Optional[DescriptorReserve] = None,
-) -> Any:
-    """
-    Listen like C{reactor.listenTCP}, on a L{ReservePort} drawing on
-    C{reserve} when there is one, the private names are present and the
-    reactor is one of Twisted's POSIX reactors; otherwise on Twisted's own
-    port (which keeps one spare descriptor of its own, logging each use).
-    """
-    if not _reserve_usable(reactor, reserve):
-        return reactor.listenTCP(port, factory, backlog, interface)
-    listening = ReservePort(port, factory, backlog, interface, reactor, reserve=reserve)
-    listening.startListening()
-    return listening
-
-
-def listen_tls(
-    reactor: Any,
-    port: int,
-    factory: Any,
-    contextFactory: Any,
-    backlog: int = 50,
-    interface: str = "",
-    reserve: Optional[DescriptorReserve] = None,
-) -> Any:
-    """
-    Listen like C{reactor.listenSSL}: TLS over a L{ReservePort}, as
-    Twisted's POSIX reactors put TLS over their TCP port, under the same
-    conditions as L{listen_tcp}.
-    """
-    if not _reserve_usable(reactor, reserve):
-        return reactor.listenSSL(port, factory, contextFactory, backlog, interface)
-    from twisted.protocols.tls import TLSMemoryBIOFactory
-
-    listening = ReservePort(
-        port, TLSMemoryBIOFactory(contextFactory, False, factory), backlog, interface, reactor, reserve=reserve
-    )
-    listening._type = "TLS"
-    listening.startListening()
-    return listening
+    port._type = "TLS"

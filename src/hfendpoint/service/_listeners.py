@@ -13,7 +13,7 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, providedBy
 
-from hfendpoint._twisted_private import listen_tcp, listen_tls
+from hfendpoint._refusing import listen_tcp, listen_tls
 from hfendpoint.backend._reserve import DescriptorReserve
 
 
